@@ -1,0 +1,167 @@
+"""The node-local LMDB index: a cache of the object store that can always be rebuilt.
+
+Nothing here is the truth. Delete the folder and cowfs refetches what it needs from the store:
+the worst that happens is slower reads and a `put` that re-reads files it could have skipped.
+So LMDB runs with sync off, trading durability (not needed) for speed.
+
+Databases:
+- `blobs`: object key -> plain bytes (tree nodes, commit records, chunks of remote stores), with a
+  size cap enforced by evicting the least recently used.
+- `atime`: object key -> (size, last use), the bookkeeping for that eviction.
+- `present`: object key -> when it was seen in the store, so `put` skips uploads it knows exist.
+- `stat`: local file path -> (size, mtime, inode, ctime, entry), git's index for `put`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+
+import lmdb
+
+_ATIME = struct.Struct("<QQ")
+#: A key seen in the store is trusted this long before `put` asks the store again. A garbage
+#: collector must keep unreferenced objects for longer than this (see docs/architecture.md).
+PRESENT_TTL_S = 24 * 3600
+#: Refreshing a blob's last-use time costs a write transaction; do it at most this often.
+_TOUCH_EVERY_S = 300
+DEFAULT_CACHE_BYTES = 8 << 30
+
+
+def default_cache_bytes() -> int:
+    raw = os.environ.get("COWFS_CACHE_SIZE")
+    if not raw:
+        return DEFAULT_CACHE_BYTES
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    raw = raw.strip().upper().rstrip("B").rstrip("I")
+    if raw and raw[-1] in units:
+        return int(float(raw[:-1]) * units[raw[-1]])
+    return int(raw)
+
+
+class Index:
+    def __init__(self, path: str | os.PathLike[str], cache_bytes: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.cache_bytes = cache_bytes if cache_bytes is not None else default_cache_bytes()
+        map_size = max(1 << 30, self.cache_bytes * 2 + (1 << 30))
+        self.env = lmdb.open(
+            str(self.path),
+            map_size=map_size,
+            max_dbs=8,
+            sync=False,
+            metasync=False,
+            readahead=False,
+            max_readers=512,
+        )
+        self._blobs = self.env.open_db(b"blobs")
+        self._atime = self.env.open_db(b"atime")
+        self._present = self.env.open_db(b"present")
+        self._stat = self.env.open_db(b"stat")
+        self._meta = self.env.open_db(b"meta")
+        self._lock = threading.Lock()
+        self._evicting = False
+
+    def close(self) -> None:
+        self.env.close()
+
+    # --- blobs -------------------------------------------------------------------------------
+
+    def get_blob(self, key: str) -> bytes | None:
+        k = key.encode()
+        with self.env.begin(buffers=False) as txn:
+            data = txn.get(k, db=self._blobs)
+            if data is None:
+                return None
+            raw = txn.get(k, db=self._atime)
+        now = int(time.time())
+        if raw is not None and now - _ATIME.unpack(raw)[1] > _TOUCH_EVERY_S:
+            with self.env.begin(write=True) as txn:
+                txn.put(k, _ATIME.pack(len(data), now), db=self._atime)
+        return data
+
+    def put_blob(self, key: str, data: bytes) -> None:
+        k = key.encode()
+        size = len(data)
+        with self.env.begin(write=True) as txn:
+            if txn.get(k, db=self._atime) is None:
+                total = self._total(txn) + size
+                txn.put(b"cached_bytes", struct.pack("<Q", total), db=self._meta)
+            txn.put(k, data, db=self._blobs)
+            txn.put(k, _ATIME.pack(size, int(time.time())), db=self._atime)
+        if self.cached_bytes() > self.cache_bytes:
+            self._evict()
+
+    def _total(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(b"cached_bytes", db=self._meta)
+        return struct.unpack("<Q", raw)[0] if raw else 0
+
+    def cached_bytes(self) -> int:
+        with self.env.begin() as txn:
+            return self._total(txn)
+
+    def _evict(self) -> None:
+        """Drop the least recently used blobs until the cache is at 90% of its cap."""
+        with self._lock:
+            if self._evicting:
+                return
+            self._evicting = True
+        try:
+            with self.env.begin(write=True) as txn:
+                total = self._total(txn)
+                target = int(self.cache_bytes * 0.9)
+                if total <= self.cache_bytes:
+                    return
+                rows = [
+                    (_ATIME.unpack(v)[1], _ATIME.unpack(v)[0], bytes(k))
+                    for k, v in txn.cursor(db=self._atime)
+                ]
+                rows.sort()
+                for _, size, k in rows:
+                    if total <= target:
+                        break
+                    txn.delete(k, db=self._blobs)
+                    txn.delete(k, db=self._atime)
+                    total -= size
+                txn.put(b"cached_bytes", struct.pack("<Q", max(total, 0)), db=self._meta)
+        finally:
+            self._evicting = False
+
+    # --- objects known to be in the store ---------------------------------------------------
+
+    def is_present(self, key: str) -> bool:
+        with self.env.begin() as txn:
+            raw = txn.get(key.encode(), db=self._present)
+        return raw is not None and time.time() - struct.unpack("<Q", raw)[0] < PRESENT_TTL_S
+
+    def mark_present(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        now = struct.pack("<Q", int(time.time()))
+        with self.env.begin(write=True) as txn:
+            for k in keys:
+                txn.put(k.encode(), now, db=self._present)
+
+    def forget_present(self, key: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.delete(key.encode(), db=self._present)
+
+    # --- put's stat cache -------------------------------------------------------------------
+
+    def get_stat(self, key: str) -> bytes | None:
+        with self.env.begin() as txn:
+            return txn.get(key.encode(), db=self._stat)
+
+    def get_stats(self, keys: list[str]) -> list[bytes | None]:
+        with self.env.begin() as txn:
+            return [txn.get(k.encode(), db=self._stat) for k in keys]
+
+    def put_stats(self, items: list[tuple[str, bytes]]) -> None:
+        if not items:
+            return
+        with self.env.begin(write=True) as txn:
+            for k, v in items:
+                txn.put(k.encode(), v, db=self._stat)

@@ -1,0 +1,87 @@
+"""Reading file bytes back out of chunks, with a small in-memory cache and read-ahead.
+
+Packed small files share chunks, so the reader keeps the most recent chunks in memory: reading a
+directory of small files in order fetches each shared chunk once. Sequential readers get the next
+chunks fetched in the background while they consume the current one.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from cowfs.entries import ChunkRef, Entry
+from cowfs.store import Store
+
+DEFAULT_MEMORY = 256 << 20
+
+
+class ChunkReader:
+    def __init__(self, store: Store, memory: int = DEFAULT_MEMORY, workers: int = 8) -> None:
+        self.store = store
+        self.memory = memory
+        self._lru: OrderedDict[str, bytes] = OrderedDict()
+        self._used = 0
+        self._inflight: dict[str, Future[bytes]] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cowfs-read")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _fetch(self, oid: str) -> bytes:
+        data = self.store.get_chunk(oid)
+        with self._lock:
+            self._inflight.pop(oid, None)
+            if oid not in self._lru:
+                self._lru[oid] = data
+                self._used += len(data)
+                while self._used > self.memory and len(self._lru) > 1:
+                    _, old = self._lru.popitem(last=False)
+                    self._used -= len(old)
+        return data
+
+    def prefetch(self, oids: list[str]) -> None:
+        with self._lock:
+            for oid in oids:
+                if oid not in self._lru and oid not in self._inflight:
+                    self._inflight[oid] = self._pool.submit(self._fetch, oid)
+
+    def chunk(self, oid: str) -> bytes:
+        with self._lock:
+            data = self._lru.get(oid)
+            if data is not None:
+                self._lru.move_to_end(oid)
+                return data
+            fut = self._inflight.get(oid)
+        if fut is not None:
+            return fut.result()
+        return self._fetch(oid)
+
+    def read(self, entry: Entry, offset: int, size: int, readahead: int = 0) -> bytes:
+        parts = entry.refs_for(offset, size)
+        if readahead and parts:
+            last = bisect_right(entry.chunk_starts(), offset + size - 1) - 1
+            self.prefetch([c.id for c in entry.chunks[last + 1 : last + 1 + readahead]])
+        if len(parts) > 1:
+            self.prefetch([ref.id for ref, _, _ in parts])
+        out = [self._slice(ref, lo, ln) for ref, lo, ln in parts]
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _slice(self, ref: ChunkRef, lo: int, length: int) -> bytes:
+        data = self.chunk(ref.id)
+        start = ref.offset + lo
+        if start == 0 and length == len(data):
+            return data
+        return data[start : start + length]
+
+    def iter_file(self, entry: Entry, window: int = 8) -> Iterator[bytes]:
+        """The whole file, chunk by chunk, keeping `window` chunks in flight ahead."""
+        refs = entry.chunks
+        for i, ref in enumerate(refs):
+            if i % max(1, window // 2) == 0:
+                self.prefetch([r.id for r in refs[i : i + window]])
+            yield self._slice(ref, 0, ref.length)

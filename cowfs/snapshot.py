@@ -1,0 +1,240 @@
+"""Snapshotting a local directory (or file) into a change set, reading only what changed.
+
+Like git's index, a stat cache in the node's LMDB remembers, for each local file put before, its
+size, mtime, inode and ctime along with the chunks it became. A file whose stat is unchanged is
+not read again. Files modified within the last two seconds are never cached: their mtime could
+still change without the size doing so ("racy git").
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import msgpack
+
+from cowfs.changes import ChangeSet
+from cowfs.chunking import SMALL_FILE, Chunker, FileData, _Pending
+from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
+from cowfs.errors import NotFound, UsageError
+from cowfs.names import normalize_path
+from cowfs.store import Store
+from cowfs.tree import TreeView
+
+_RACY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Found:
+    rel: str
+    abspath: str
+    st: os.stat_result
+    kind: EntryType
+
+
+@dataclass
+class SnapshotReport:
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    skipped_special: int = 0
+
+
+def scan(root: Path) -> list[Found]:
+    """Every directory, regular file and symlink under `root`, sorted, names checked first so
+    that a bad name fails the put before anything is uploaded."""
+    out: list[Found] = []
+
+    def visit(dir_abs: str, dir_rel: str) -> None:
+        try:
+            items = sorted(os.scandir(dir_abs), key=lambda d: d.name)
+        except PermissionError as e:
+            raise UsageError(f"cannot read directory {dir_abs}: {e.strerror}") from None
+        for d in items:
+            name = d.name
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = os.fsencode(d.path).decode("utf-8", "backslashreplace")
+                raise UsageError(f"cannot put {shown}: its name is not valid UTF-8") from None
+            rel = f"{dir_rel}/{name}" if dir_rel else name
+            st = d.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                out.append(Found(rel, d.path, st, EntryType.SYMLINK))
+            elif stat.S_ISDIR(st.st_mode):
+                out.append(Found(rel, d.path, st, EntryType.DIR))
+                visit(d.path, rel)
+            elif stat.S_ISREG(st.st_mode):
+                out.append(Found(rel, d.path, st, EntryType.FILE))
+            else:
+                print(
+                    f"cowfs: skipping {d.path}: not a file, directory or symlink", file=sys.stderr
+                )
+
+    visit(str(root), "")
+    return out
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def snapshot(
+    store: Store,
+    source: Path,
+    dest: str,
+    *,
+    mirror: bool,
+    base: TreeView,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> tuple[ChangeSet, SnapshotReport]:
+    """Chunk and upload `source` (a file or a directory) as a change placing it at `dest`.
+
+    `base` is what the branch holds now; with `mirror`, entries under `dest`
+    that the directory no longer has are deleted. Returns once every chunk is stored.
+    """
+    if not source.exists() and not source.is_symlink():
+        raise NotFound(f"{source} does not exist")
+    report = SnapshotReport()
+    changes = ChangeSet()
+
+    if source.is_dir() and not source.is_symlink():
+        found = scan(source)
+        root_st = source.stat()
+        if dest:
+            changes.puts[dest] = dir_entry(dest, root_st.st_mode, root_st.st_mtime_ns)
+    else:
+        found = [
+            Found(
+                "",
+                str(source),
+                source.lstat(),
+                EntryType.SYMLINK if source.is_symlink() else EntryType.FILE,
+            )
+        ]
+
+    def target(rel: str) -> str:
+        return f"{dest}/{rel}" if dest and rel else (rel or dest)
+
+    cached = store.index.get_stats([os.path.abspath(f.abspath) for f in found])
+    now = time.time()
+    to_read: list[tuple[Found, str]] = []
+    for f, raw in zip(found, cached):
+        path = target(f.rel)
+        if f.kind is EntryType.DIR:
+            changes.puts[path] = dir_entry(path, f.st.st_mode, f.st.st_mtime_ns)
+            report.dirs += 1
+        elif f.kind is EntryType.SYMLINK:
+            changes.puts[path] = Entry(
+                path, EntryType.SYMLINK, 0o777, 0, f.st.st_mtime_ns, target=os.readlink(f.abspath)
+            )
+            report.files += 1
+        else:
+            report.files += 1
+            report.bytes += f.st.st_size
+            if raw is not None:
+                key, digest, chunks = msgpack.unpackb(raw)
+                if key == _stat_key(f.st):
+                    refs = tuple(ChunkRef(c.hex(), o, n) for c, o, n in chunks)
+                    changes.puts[path] = Entry(
+                        path,
+                        EntryType.FILE,
+                        f.st.st_mode & 0o7777,
+                        f.st.st_size,
+                        f.st.st_mtime_ns,
+                        digest,
+                        refs,
+                    )
+                    continue
+            to_read.append((f, path))
+
+    if on_total:
+        on_total(sum(f.st.st_size for f, _ in to_read))
+    results: list[tuple[Found, str, _Pending | FileData]] = []
+    with Chunker(store, progress) as chunker:
+        small = [(f, p) for f, p in to_read if f.st.st_size < SMALL_FILE]
+        large = [(f, p) for f, p in to_read if f.st.st_size >= SMALL_FILE]
+        packed: list[tuple[Found, str]] = []
+
+        def small_contents() -> Iterator[bytes]:
+            # A small file whose bytes equal what the branch has at that path keeps its old
+            # chunk slices, so re-putting without a stat cache never re-packs unchanged files.
+            for f, p in small:
+                data = _read(f.abspath)
+                old = base.lookup(p)
+                if old is not None and old.is_file and old.size == len(data):
+                    digest = blake3.blake3(data).digest()
+                    if digest == old.digest:
+                        results.append((f, p, FileData(old.size, digest, old.chunks)))
+                        if progress:
+                            progress(len(data))
+                        continue
+                packed.append((f, p))
+                yield data
+
+        pendings = chunker.add_small_files(small_contents())
+        results.extend((f, p, pend) for (f, p), pend in zip(packed, pendings, strict=True))
+        for f, p in large:
+            results.append((f, p, chunker.add_file(f.abspath)))
+        chunker.wait()
+        datas = [(f, p, d if isinstance(d, FileData) else d.result()) for f, p, d in results]
+
+    stat_rows = []
+    for f, path, data in datas:
+        report.files_read += 1
+        report.bytes_read += data.size
+        changes.puts[path] = Entry(
+            path,
+            EntryType.FILE,
+            f.st.st_mode & 0o7777,
+            data.size,
+            f.st.st_mtime_ns,
+            data.digest,
+            data.chunks,
+        )
+        if data.size == f.st.st_size and now - f.st.st_mtime_ns / 1e9 > _RACY_S:
+            chunks = [[bytes.fromhex(c.id), c.offset, c.length] for c in data.chunks]
+            stat_rows.append(
+                (os.path.abspath(f.abspath), msgpack.packb([_stat_key(f.st), data.digest, chunks]))
+            )
+    store.index.put_stats(stat_rows)
+
+    if mirror and source.is_dir():
+        here = base.lookup(dest) if dest else None
+        if dest == "" or (here is not None and here.is_dir):
+            changes.deletes.extend(
+                e.path for e in base.walk(dest) if e.path != dest and e.path not in changes.puts
+            )
+    return changes, report
+
+
+def destination(raw_dest: str | None, source: Path, base: TreeView) -> str:
+    """Where a put lands. A directory lands at the destination (the root by default). A file
+    lands at the destination exactly, unless it is an existing directory, ends in `/`, or has no
+    suffix while the file has one (`put repo@main:/extra more.csv` -> /extra/more.csv)."""
+    dest = normalize_path(raw_dest or "")
+    if source.is_dir() and not source.is_symlink():
+        return dest
+    name = normalize_path(source.name)
+    if not dest:
+        return name
+    here = base.lookup(dest)
+    if raw_dest.endswith("/") or (here is not None and here.is_dir):
+        return f"{dest}/{name}"
+    if Path(dest).suffix == "" and source.suffix != "":
+        return f"{dest}/{name}"
+    return dest

@@ -1,0 +1,1 @@
+"""Helpers for testing cowfs against real services, shared by the test suite and benchmarks."""

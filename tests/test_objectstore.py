@@ -1,0 +1,435 @@
+"""The ObjectStore contract, run over every backend, plus what only the S3 backend can get wrong.
+
+The rest of cowfs assumes nothing about a store beyond `base.ObjectStore`, so each backend must
+behave identically here, down to listing order and what a lost `swap` leaves behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import botocore.response
+import pytest
+from botocore.stub import Stubber
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cowfs.errors import ObjectMissing, StoreUnavailable, UsageError
+from cowfs.objectstore import LocalStore, ObjectStore, open_objectstore
+from cowfs.objectstore.s3 import S3Store, _in_key_order, parse_s3_url
+from cowfs.testing.seaweed import SeaweedServer
+
+# -- basic reads and writes -----------------------------------------------------------------------
+
+
+def test_put_get_exists_delete(objectstore: ObjectStore) -> None:
+    assert not objectstore.exists("chunks/ab/abc")
+    objectstore.put("chunks/ab/abc", b"hello")
+    assert objectstore.exists("chunks/ab/abc")
+    assert objectstore.get("chunks/ab/abc") == b"hello"
+
+    objectstore.put("chunks/ab/abc", b"replaced")
+    assert objectstore.get("chunks/ab/abc") == b"replaced"
+
+    objectstore.delete("chunks/ab/abc")
+    assert not objectstore.exists("chunks/ab/abc")
+    objectstore.delete("chunks/ab/abc")  # absent: not an error
+
+
+def test_get_missing_raises_object_missing(objectstore: ObjectStore) -> None:
+    with pytest.raises(ObjectMissing, match="nope/key"):
+        objectstore.get("nope/key")
+    assert objectstore.get_versioned("nope/key") is None
+    assert not objectstore.exists("nope/key")
+
+
+def test_directory_part_of_a_key_is_not_an_object(objectstore: ObjectStore) -> None:
+    objectstore.put("a/b/c", b"x")
+    assert not objectstore.exists("a/b")
+    with pytest.raises(ObjectMissing):
+        objectstore.get("a/b")
+
+
+def test_binary_empty_and_large_objects(objectstore: ObjectStore) -> None:
+    blobs = {
+        "bin": bytes(range(256)) * 4,
+        "empty": b"",
+        "large": os.urandom(10 * 1024 * 1024 + 17),
+    }
+    for key, data in blobs.items():
+        objectstore.put(key, data)
+    for key, data in blobs.items():
+        assert objectstore.get(key) == data
+    assert dict(objectstore.list("")) == {k: len(v) for k, v in blobs.items()}
+
+
+def test_parallel_puts_and_gets(objectstore: ObjectStore) -> None:
+    items = {f"p/{i:03d}": os.urandom(1000 + i) for i in range(64)}
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda kv: objectstore.put(*kv), items.items()))
+        got = dict(zip(items, pool.map(objectstore.get, items)))
+    assert got == items
+
+
+# -- listing -------------------------------------------------------------------------------------
+
+# Chosen to expose listing by directory tree instead of by key: '-' and '.' sort below '/'.
+TRICKY_KEYS = [
+    "A",
+    "a",
+    "a-b",
+    "a.b",
+    "a/a",
+    "a/b",
+    "a/b-c",
+    "a/b/c",
+    "a/b/d/e",
+    "a0",
+    "ab",
+    "b/x",
+    "chunks/00/0001",
+    "chunks/00/00ff",
+    "chunks/0a/0a11",
+    "chunks/ff/ffee",
+    "refs/heads/main",
+    "refs/heads/main-2",
+    "refs/heads/main/sub",
+]
+
+
+@pytest.fixture
+def listed_store(objectstore: ObjectStore) -> ObjectStore:
+    for i, key in enumerate(reversed(TRICKY_KEYS)):
+        objectstore.put(key, b"x" * i)
+    return objectstore
+
+
+def _expected(prefix: str) -> list[tuple[str, int]]:
+    sizes = {key: i for i, key in enumerate(reversed(TRICKY_KEYS))}
+    return sorted((k, sizes[k]) for k in TRICKY_KEYS if k.startswith(prefix))
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "",
+        "a",
+        "a/",
+        "a/b",
+        "a/b/",
+        "a-",
+        "chunks/",
+        "chunks/0",
+        "chunks/00/00",
+        "refs/heads/main",
+        "zzz",
+        "b",
+    ],
+)
+def test_list_prefixes_order_and_sizes(listed_store: ObjectStore, prefix: str) -> None:
+    assert list(listed_store.list(prefix)) == _expected(prefix)
+
+
+def test_list_is_lazy_and_restartable(listed_store: ObjectStore) -> None:
+    it = listed_store.list("")
+    first = next(it)
+    assert first == _expected("")[0]
+    assert list(listed_store.list("")) == _expected("")
+
+
+def test_list_many_keys_across_pages(objectstore: ObjectStore) -> None:
+    # More than one S3 page (1000 keys), in directories and with '-' siblings.
+    keys = [f"d/{i:02d}/{j:02d}" for i in range(30) for j in range(35)]
+    keys += [f"d/{i:02d}-x" for i in range(30)]
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda k: objectstore.put(k, k.encode()), keys))
+    assert list(objectstore.list("d/")) == sorted((k, len(k)) for k in keys)
+
+
+def test_list_after_delete(objectstore: ObjectStore) -> None:
+    objectstore.put("x/y/z", b"1")
+    objectstore.put("x/w", b"22")
+    objectstore.delete("x/y/z")
+    assert list(objectstore.list("x")) == [("x/w", 2)]
+
+
+# -- swap ----------------------------------------------------------------------------------------
+
+
+def test_swap_create_only(objectstore: ObjectStore) -> None:
+    assert objectstore.swap("refs/main", b"v1", None)
+    assert objectstore.get("refs/main") == b"v1"
+    assert not objectstore.swap("refs/main", b"v2", None)
+    assert objectstore.get("refs/main") == b"v1"
+
+
+def test_swap_match_and_mismatch(objectstore: ObjectStore) -> None:
+    objectstore.put("refs/main", b"v1")
+    v1 = objectstore.get_versioned("refs/main")
+    assert v1 is not None and v1.data == b"v1"
+
+    assert objectstore.swap("refs/main", b"v2", v1.token)
+    v2 = objectstore.get_versioned("refs/main")
+    assert v2 is not None and v2.data == b"v2" and v2.token != v1.token
+
+    # A stale token loses and leaves the winner's bytes intact.
+    assert not objectstore.swap("refs/main", b"v3", v1.token)
+    assert objectstore.get("refs/main") == b"v2"
+    assert not objectstore.swap("refs/main", b"v3", "not-a-real-token")
+    assert objectstore.get("refs/main") == b"v2"
+
+    assert objectstore.swap("refs/main", b"v3", v2.token)
+    assert objectstore.get("refs/main") == b"v3"
+
+
+def test_swap_with_token_on_missing_key_fails(objectstore: ObjectStore) -> None:
+    objectstore.put("refs/gone", b"v1")
+    token = objectstore.get_versioned("refs/gone").token  # type: ignore[union-attr]
+    objectstore.delete("refs/gone")
+    assert not objectstore.swap("refs/gone", b"v2", token)
+    assert not objectstore.exists("refs/gone")
+
+
+def test_token_is_stable_between_reads(objectstore: ObjectStore) -> None:
+    objectstore.put("refs/main", b"same")
+    a = objectstore.get_versioned("refs/main")
+    b = objectstore.get_versioned("refs/main")
+    assert a == b
+
+
+@pytest.mark.parametrize("racers", [8, 24])
+def test_concurrent_swaps_exactly_one_winner(objectstore: ObjectStore, racers: int) -> None:
+    key = "refs/heads/main"
+    rounds = 12
+    for rnd in range(rounds):
+        current = objectstore.get_versioned(key)
+        expected = current.token if current else None
+        barrier = threading.Barrier(racers)
+
+        def race(i: int, rnd: int = rnd, expected: str | None = expected, barrier=barrier) -> bool:
+            barrier.wait()
+            return objectstore.swap(key, f"round {rnd} racer {i}".encode(), expected)
+
+        with ThreadPoolExecutor(racers) as pool:
+            results = list(pool.map(race, range(racers)))
+        winners = [i for i, won in enumerate(results) if won]
+        assert len(winners) == 1, f"round {rnd}: winners {winners}"
+        assert objectstore.get(key) == f"round {rnd} racer {winners[0]}".encode()
+
+
+# -- S3 specifics --------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_endpoint_fails_fast_with_clear_message(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    began = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        S3Store("s3://some-bucket/lake")
+    assert time.monotonic() - began < 10
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"cannot reach S3 endpoint {endpoint}" in message
+    assert "AWS_ENDPOINT_URL" in message
+
+
+def test_server_gone_after_open_raises_store_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with SeaweedServer() as private:
+        for name, value in private.env().items():
+            monkeypatch.setenv(name, value)
+        store = S3Store("s3://going-away/lake", create=True)
+        store.put("k", b"v")
+    calls = {
+        "get": lambda: store.get("k"),
+        "get_versioned": lambda: store.get_versioned("k"),
+        "put": lambda: store.put("k", b"w"),
+        "exists": lambda: store.exists("k"),
+        "delete": lambda: store.delete("k"),
+        "list": lambda: list(store.list("")),
+        "swap": lambda: store.swap("k", b"w", None),
+    }
+    for name, call in calls.items():
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="cannot reach S3 endpoint"):
+            call()
+        assert time.monotonic() - began < 10, name
+    store.close()
+
+
+def test_missing_bucket(s3_env: dict[str, str]) -> None:
+    with pytest.raises(StoreUnavailable, match="bucket no-such-bucket-here does not exist"):
+        S3Store("s3://no-such-bucket-here/x")
+
+
+def test_create_makes_bucket(seaweed: SeaweedServer, s3_env: dict[str, str]) -> None:
+    name = f"created-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    store = S3Store(f"s3://{name}/lake", create=True)
+    store.put("k", b"v")
+    assert S3Store(f"s3://{name}/lake").get("k") == b"v"
+    assert S3Store(f"s3://{name}/lake", create=True).get("k") == b"v"  # already there: fine
+    store.close()
+
+
+def test_bad_credentials(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(StoreUnavailable, match="AWS_SECRET_ACCESS_KEY") as info:
+        S3Store(s3_url)
+    assert "\n" not in str(info.value)
+
+
+def test_prefixes_isolate_stores(s3_url: str) -> None:
+    a = S3Store(s3_url + "/a", create=True)
+    ab = S3Store(s3_url + "/a-b", create=True)
+    a.put("k", b"in a")
+    ab.put("k", b"in a-b")
+    assert a.get("k") == b"in a"
+    assert list(a.list("")) == [("k", 4)]
+    assert list(ab.list("")) == [("k", 6)]
+    whole = S3Store(s3_url)
+    assert list(whole.list("")) == [("a-b/k", 6), ("a/k", 4)]
+
+
+def test_close_is_idempotent(s3_url: str) -> None:
+    store = S3Store(s3_url, create=True)
+    store.close()
+    store.close()
+
+
+def _stubbed(s3_url: str) -> tuple[S3Store, Stubber]:
+    store = S3Store(s3_url, create=True)
+    return store, Stubber(store._client)  # noqa: SLF001
+
+
+def test_swap_retries_conditional_request_conflict(s3_url: str) -> None:
+    store, stub = _stubbed(s3_url)
+    for _ in range(2):
+        stub.add_client_error(
+            "put_object", service_error_code="ConditionalRequestConflict", http_status_code=409
+        )
+    stub.add_response("put_object", {"ETag": '"abc"'})
+    with stub:
+        assert store.swap("ref", b"v", None)
+    stub.assert_no_pending_responses()
+
+
+def test_swap_gives_up_after_persistent_conflicts(s3_url: str) -> None:
+    store, stub = _stubbed(s3_url)
+    for _ in range(20):
+        stub.add_client_error(
+            "put_object", service_error_code="ConditionalRequestConflict", http_status_code=409
+        )
+    with stub:
+        assert not store.swap("ref", b"v", '"etag"')
+
+
+def test_swap_412_after_retry_of_own_write_counts_as_won(s3_url: str) -> None:
+    """botocore retried a PUT whose first attempt landed: the 412 is against our own bytes."""
+    store, stub = _stubbed(s3_url)
+    stub.add_client_error(
+        "put_object",
+        service_error_code="PreconditionFailed",
+        http_status_code=412,
+        response_meta={"RetryAttempts": 1},
+    )
+    body = botocore.response.StreamingBody(io.BytesIO(b"ours"), 4)
+    stub.add_response("get_object", {"Body": body, "ETag": '"x"'})
+    with stub:
+        assert store.swap("ref", b"ours", None)
+
+
+def test_seaweed_env_and_endpoint(seaweed: SeaweedServer) -> None:
+    env = seaweed.env()
+    assert env["AWS_ENDPOINT_URL"] == seaweed.endpoint_url
+    assert seaweed.endpoint_url.startswith("http://127.0.0.1:")
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= env.keys()
+    assert seaweed.running
+
+
+# -- key order -----------------------------------------------------------------------------------
+
+
+def _tree_order(key: str) -> str:
+    return key.replace("/", "\0")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.sets(
+        st.text(alphabet="ab-./0", min_size=1, max_size=8).filter(
+            lambda k: not k.startswith("/") and not k.endswith("/") and "//" not in k
+        ),
+        max_size=40,
+    ),
+    prefix=st.text(alphabet="ab-./", max_size=3),
+)
+def test_in_key_order_repairs_tree_order(keys: set[str], prefix: str) -> None:
+    # A file and a directory of the same name cannot coexist in a directory-tree server.
+    keys = {k for k in keys if not any(o.startswith(k + "/") for o in keys)}
+    listed = [(k, len(k)) for k in keys if k.startswith(prefix)]
+    dir_len = prefix.rfind("/") + 1
+    for server_order in (sorted(listed), sorted(listed, key=lambda kv: _tree_order(kv[0]))):
+        assert list(_in_key_order(iter(server_order), dir_len)) == sorted(listed)
+
+
+# -- URLs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix"),
+    [
+        ("s3://bkt", "bkt", ""),
+        ("s3://bkt/", "bkt", ""),
+        ("s3://bkt/lake", "bkt", "lake/"),
+        ("s3://bkt/team/lake/", "bkt", "team/lake/"),
+    ],
+)
+def test_parse_s3_url(url: str, bucket: str, prefix: str) -> None:
+    assert parse_s3_url(url) == (bucket, prefix)
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3:///lake", "s3://bkt/a//b", "s3://bkt/x?y=1"])
+def test_parse_s3_url_rejects(url: str) -> None:
+    with pytest.raises(UsageError):
+        parse_s3_url(url)
+
+
+def test_open_objectstore_local(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    with pytest.raises(StoreUnavailable):
+        open_objectstore(str(root))
+    store = open_objectstore(str(root), create=True)
+    assert isinstance(store, LocalStore) and store.root == root
+    store.put("k", b"v")
+    via_url = open_objectstore(f"file://{root}")
+    assert isinstance(via_url, LocalStore) and via_url.get("k") == b"v"
+
+
+def test_open_objectstore_s3(s3_url: str) -> None:
+    with pytest.raises(StoreUnavailable):
+        open_objectstore("s3://bucket-that-is-absent/x")
+    store = open_objectstore(s3_url + "/", create=True)
+    assert isinstance(store, S3Store)
+    assert store.url == s3_url
+    store.put("k", b"v")
+    assert open_objectstore(s3_url).get("k") == b"v"
+    store.close()
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/x", "http://example.com/lake", "s3://"])
+def test_open_objectstore_rejects(url: str) -> None:
+    with pytest.raises(UsageError):
+        open_objectstore(url)
