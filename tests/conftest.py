@@ -73,3 +73,6 @@ def objectstore(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Obje
         yield store
     finally:
         store.close()
+
+
+pytest_plugins = ["tests.lakeenv"]

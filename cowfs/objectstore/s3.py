@@ -70,7 +70,7 @@ _BODY_ERRORS = (
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
-    """Split `s3://bucket/some/prefix` into `("bucket", "some/prefix/")`; the prefix may be empty."""
+    """Split `s3://bucket/a/prefix` into `("bucket", "a/prefix/")`; the prefix may be empty."""
     parts = urlsplit(url)
     if parts.scheme != "s3" or not parts.netloc:
         raise UsageError(f"bad S3 URL {url!r}: expected s3://bucket or s3://bucket/prefix")

@@ -1,0 +1,733 @@
+"""Uncommitted writes to a branch: a durable, copy-on-write layer over the commit it was opened on.
+
+The mount writes here; `cowfs commit` seals it into one commit. Only differences are kept:
+a record per path that was created, changed or deleted (a "whiteout"), and for a changed file
+its base chunk references plus a sparse local overlay file holding just the bytes written. A
+directory made again over one that was deleted is "opaque": nothing of the base shows beneath it.
+
+Records live in an LMDB env that is written on every change without fsync: a transaction that
+returned is in the page cache, so it survives the daemon being killed (kill -9); `sync()` (on
+fsync and before a commit) makes it survive power loss as well. Overlay bytes are `pwrite`n to
+ordinary sparse files for the same reason.
+
+At commit, a changed file is re-chunked only around what changed: each dirty byte range is
+widened to the base chunk references it touches, that span is cut again, and every other
+reference is spliced in unchanged. Editing 1 MiB of a 1 GiB file stores about 1 MiB.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import shutil
+import threading
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import blake3
+import lmdb
+import msgpack
+import xxhash
+
+from cowfs.changes import ChangeSet
+from cowfs.chunking import SMALL_FILE, Chunker, FileData, _Pending
+from cowfs.config import state_dir
+from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
+from cowfs.errors import CowfsError, NotFound
+from cowfs.names import ancestors, parent_of
+from cowfs.reader import ChunkReader
+from cowfs.store import Store
+from cowfs.tree import TreeView
+
+_DIGEST_PIECE = 8 << 20
+
+FILE, DIR, LINK, WHITEOUT = "f", "d", "l", "x"
+
+
+class StagingError(CowfsError):
+    """A staged change the filesystem must refuse (the errno says which)."""
+
+    def __init__(self, message: str, err: int) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+@dataclass
+class Rec:
+    """One staged path. Files keep their base chunks and the ranges written since."""
+
+    kind: str
+    mode: int = 0o644
+    mtime_ns: int = 0
+    size: int = 0
+    #: Bytes of the base file still visible (a shrinking truncate cuts them off).
+    base_len: int = 0
+    base_chunks: tuple[ChunkRef, ...] = ()
+    base_digest: bytes | None = None
+    overlay: int | None = None
+    #: Sorted, disjoint [start, end) ranges of the file that live in the overlay.
+    ranges: list[list[int]] = field(default_factory=list)
+    target: str = ""
+    opaque: bool = False
+
+    def pack(self) -> bytes:
+        chunks = [[bytes.fromhex(c.id), c.offset, c.length] for c in self.base_chunks]
+        return msgpack.packb(
+            [
+                self.kind,
+                self.mode,
+                self.mtime_ns,
+                self.size,
+                self.base_len,
+                chunks,
+                self.base_digest,
+                self.overlay,
+                self.ranges,
+                self.target,
+                self.opaque,
+            ],
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Rec:
+        k, mode, mt, size, blen, chunks, dig, ov, ranges, target, opaque = msgpack.unpackb(
+            raw, raw=False
+        )
+        refs = tuple(ChunkRef(c.hex(), o, n) for c, o, n in chunks)
+        return cls(k, mode, mt, size, blen, refs, dig, ov, ranges, target, opaque)
+
+    def entry(self, path: str) -> Entry:
+        if self.kind == DIR:
+            return dir_entry(path, self.mode, self.mtime_ns)
+        if self.kind == LINK:
+            return Entry(
+                path,
+                EntryType.SYMLINK,
+                0o777,
+                len(self.target.encode()),
+                self.mtime_ns,
+                target=self.target,
+            )
+        return Entry(path, EntryType.FILE, self.mode, self.size, self.mtime_ns)
+
+    def base_entry(self) -> Entry:
+        """The still-visible base bytes as an Entry a ChunkReader can read."""
+        return Entry(
+            "",
+            EntryType.FILE,
+            self.mode,
+            self.base_len,
+            0,
+            None,
+            clip_refs(self.base_chunks, self.base_len),
+        )
+
+
+def rec_from_entry(e: Entry) -> Rec:
+    if e.type is EntryType.DIR:
+        return Rec(DIR, e.mode, e.mtime_ns)
+    if e.type is EntryType.SYMLINK:
+        return Rec(LINK, 0o777, e.mtime_ns, target=e.target or "")
+    return Rec(FILE, e.mode, e.mtime_ns, e.size, e.size, e.chunks, e.digest)
+
+
+def clip_refs(refs: tuple[ChunkRef, ...], length: int) -> tuple[ChunkRef, ...]:
+    out = []
+    pos = 0
+    for r in refs:
+        if pos >= length:
+            break
+        n = min(r.length, length - pos)
+        out.append(r if n == r.length else ChunkRef(r.id, r.offset, n))
+        pos += n
+    return tuple(out)
+
+
+def add_range(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
+    """Merge [start, end) into sorted disjoint ranges (touching ranges join)."""
+    if start >= end:
+        return ranges
+    out: list[list[int]] = []
+    placed = False
+    for s, e in ranges:
+        if e < start:
+            out.append([s, e])
+        elif s > end:
+            if not placed:
+                out.append([start, end])
+                placed = True
+            out.append([s, e])
+        else:
+            start, end = min(s, start), max(e, end)
+    if not placed:
+        out.append([start, end])
+    return out
+
+
+def clip_ranges(ranges: list[list[int]], length: int) -> list[list[int]]:
+    return [[s, min(e, length)] for s, e in ranges if s < length]
+
+
+def area_dir(url: str, repo: str, branch: str) -> Path:
+    """Each store and branch gets its own staging folder, so two stores never mix writes."""
+    return state_dir() / "staging" / xxhash.xxh3_64_hexdigest(url.encode()) / f"{repo}@{branch}"
+
+
+def list_areas(url: str) -> list[tuple[str, str]]:
+    """(repo, branch) of every staging area open on the store at `url`."""
+    root = state_dir() / "staging" / xxhash.xxh3_64_hexdigest(url.encode())
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(root.iterdir()):
+        repo, at, branch = d.name.partition("@")
+        if at and (d / "recs").is_dir():
+            out.append((repo, branch))
+    return out
+
+
+class Staging:
+    """One branch's uncommitted writes. Thread-safe: the mount calls it from worker threads."""
+
+    def __init__(
+        self,
+        store: Store,
+        url: str,
+        repo: str,
+        branch: str,
+        base: str | None,
+        base_tree: str,
+        path: Path,
+    ) -> None:
+        self.store = store
+        self.url = url
+        self.repo = repo
+        self.branch = branch
+        #: The commit the writes were opened on (None for a branch with no commit yet).
+        self.base = base
+        self.view = TreeView(store, base_tree)
+        self.path = path
+        self.lock = threading.RLock()
+        self.env = lmdb.open(
+            str(path / "recs"), map_size=1 << 34, max_dbs=4, sync=False, metasync=False, subdir=True
+        )
+        self._recs_db = self.env.open_db(b"recs")
+        self._meta_db = self.env.open_db(b"meta")
+        self.recs: dict[str, Rec] = {}
+        self.children: dict[str, set[str]] = {}
+        self.hidden: set[str] = set()
+        self._fds: dict[int, int] = {}
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self._recs_db):
+                self._index(k.decode(), Rec.unpack(v))
+            raw = txn.get(b"next_overlay", db=self._meta_db)
+        self._next_overlay = int(raw or b"1")
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls, store: Store, url: str, repo: str, branch: str, base: str | None, base_tree: str
+    ) -> Staging:
+        path = area_dir(url, repo, branch)
+        if (path / "recs").is_dir():
+            return cls.open(store, url, repo, branch)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "data").mkdir(exist_ok=True)
+        meta = {
+            "url": url,
+            "repo": repo,
+            "branch": branch,
+            "base": base,
+            "tree": base_tree,
+            "opened": time.time(),
+        }
+        tmp = path / "meta.json.tmp"
+        tmp.write_bytes(msgpack.packb(meta))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path / "meta.json")
+        (path / "recs").mkdir(exist_ok=True)
+        _fsync_dir(path)
+        return cls(store, url, repo, branch, base, base_tree, path)
+
+    @classmethod
+    def exists(cls, url: str, repo: str, branch: str) -> bool:
+        return (area_dir(url, repo, branch) / "recs").is_dir()
+
+    @classmethod
+    def open(cls, store: Store, url: str, repo: str, branch: str) -> Staging:
+        path = area_dir(url, repo, branch)
+        if not (path / "recs").is_dir():
+            raise NotFound(
+                f"{repo}@{branch} is not open for writing: run `cowfs write {repo}@{branch}`"
+            )
+        meta = msgpack.unpackb((path / "meta.json").read_bytes())
+        return cls(store, url, repo, branch, meta["base"], meta["tree"], path)
+
+    def close(self) -> None:
+        with self.lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self.env.close()
+
+    def destroy(self) -> None:
+        """Forget every staged write (after a commit sealed them, or on discard)."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def sync(self) -> None:
+        with self.lock:
+            for fd in self._fds.values():
+                os.fdatasync(fd)
+            self.env.sync(True)
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def _index(self, path: str, rec: Rec) -> None:
+        self.recs[path] = rec
+        self.children.setdefault(parent_of(path), set()).add(path.rpartition("/")[2])
+        if rec.kind == WHITEOUT or (rec.kind == DIR and rec.opaque):
+            self.hidden.add(path)
+        else:
+            self.hidden.discard(path)
+
+    def _put(self, path: str, rec: Rec) -> None:
+        self._index(path, rec)
+        with self.env.begin(write=True) as txn:
+            txn.put(path.encode(), rec.pack(), db=self._recs_db)
+
+    def _drop(self, path: str) -> None:
+        if self.recs.pop(path, None) is None:
+            return
+        self.hidden.discard(path)
+        kids = self.children.get(parent_of(path))
+        if kids is not None:
+            kids.discard(path.rpartition("/")[2])
+            if not kids:
+                del self.children[parent_of(path)]
+        with self.env.begin(write=True) as txn:
+            txn.delete(path.encode(), db=self._recs_db)
+
+    def _hidden_above(self, path: str) -> bool:
+        return any(a in self.hidden for a in ancestors(path)) if self.hidden else False
+
+    def _base_lookup(self, path: str) -> Entry | None:
+        if self._hidden_above(path):
+            return None
+        return self.view.lookup(path)
+
+    def _base_shows_under(self, path: str) -> bool:
+        """Whether the base's contents of directory `path` show through."""
+        if not path:
+            return True
+        rec = self.recs.get(path)
+        if rec is not None and (rec.kind != DIR or rec.opaque):
+            return False
+        if self._hidden_above(path):
+            return False
+        e = self.view.lookup(path)
+        return e is not None and e.is_dir
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> Entry | None:
+        """What the branch shows at `path` with the staged writes applied."""
+        with self.lock:
+            if not path:
+                return dir_entry("", 0o755)
+            rec = self.recs.get(path)
+            if rec is not None:
+                return None if rec.kind == WHITEOUT else rec.entry(path)
+            return self._base_lookup(path)
+
+    def staged_file(self, path: str) -> Rec | None:
+        with self.lock:
+            rec = self.recs.get(path)
+            return rec if rec is not None and rec.kind == FILE else None
+
+    def list_dir(self, path: str) -> list[Entry]:
+        with self.lock:
+            out: dict[str, Entry] = {}
+            if self._base_shows_under(path):
+                for e in self.view.list_dir(path):
+                    out[e.path.rpartition("/")[2]] = e
+            prefix = path + "/" if path else ""
+            for name in self.children.get(path, ()):
+                r = self.recs[prefix + name]
+                if r.kind == WHITEOUT:
+                    out.pop(name, None)
+                else:
+                    out[name] = r.entry(prefix + name)
+            return [out[k] for k in sorted(out)]
+
+    def read(self, path: str, offset: int, size: int, reader: ChunkReader) -> bytes:
+        with self.lock:
+            rec = self.recs.get(path)
+            if rec is None or rec.kind != FILE:
+                raise NotFound(f"/{path} is not a staged file")
+            return self._read_rec(rec, offset, size, reader)
+
+    def _read_rec(self, rec: Rec, offset: int, size: int, reader: ChunkReader) -> bytes:
+        end = min(offset + size, rec.size)
+        if offset >= end:
+            return b""
+        parts: list[bytes] = []
+        pos = offset
+        for s, e in rec.ranges:
+            if e <= pos:
+                continue
+            if s >= end:
+                break
+            if s > pos:
+                parts.append(self._read_base(rec, pos, s - pos, reader))
+                pos = s
+            take = min(e, end) - pos
+            parts.append(self._read_overlay(rec, pos, take))
+            pos += take
+        if pos < end:
+            parts.append(self._read_base(rec, pos, end - pos, reader))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_base(self, rec: Rec, offset: int, size: int, reader: ChunkReader) -> bytes:
+        data = b""
+        if offset < rec.base_len:
+            data = reader.read(rec.base_entry(), offset, min(size, rec.base_len - offset))
+        return data + bytes(size - len(data))
+
+    def _read_overlay(self, rec: Rec, offset: int, size: int) -> bytes:
+        data = os.pread(self._fd(rec.overlay), size, offset)
+        return data + bytes(size - len(data))
+
+    def _fd(self, overlay: int | None) -> int:
+        assert overlay is not None
+        fd = self._fds.get(overlay)
+        if fd is None:
+            fd = os.open(self.path / "data" / str(overlay), os.O_RDWR | os.O_CREAT, 0o600)
+            if len(self._fds) > 256:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            self._fds[overlay] = fd
+        return fd
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _need_parent_dir(self, path: str) -> None:
+        parent = parent_of(path)
+        if parent:
+            p = self.lookup(parent)
+            if p is None:
+                raise StagingError(f"/{parent} does not exist", _errno.ENOENT)
+            if not p.is_dir:
+                raise StagingError(f"/{parent} is not a directory", _errno.ENOTDIR)
+
+    def _new_rec(self, path: str, rec: Rec) -> None:
+        """Place a new path, hiding whatever the base had there."""
+        if rec.kind == DIR and self.view.lookup(path) is not None:
+            rec.opaque = True
+        old = self.recs.get(path)
+        if old is not None and old.kind == FILE and old.overlay is not None:
+            self._unlink_overlay(old.overlay)
+        self._put(path, rec)
+
+    def create(self, path: str, mode: int, exclusive: bool = False) -> Entry:
+        with self.lock:
+            self._need_parent_dir(path)
+            cur = self.lookup(path)
+            if cur is not None:
+                if exclusive:
+                    raise StagingError(f"/{path} exists", _errno.EEXIST)
+                if cur.is_dir:
+                    raise StagingError(f"/{path} is a directory", _errno.EISDIR)
+                self.truncate(path, 0)
+                return self.lookup(path)  # type: ignore[return-value]
+            self._new_rec(path, Rec(FILE, mode & 0o7777, time.time_ns()))
+            return self.recs[path].entry(path)
+
+    def mkdir(self, path: str, mode: int) -> Entry:
+        with self.lock:
+            self._need_parent_dir(path)
+            if self.lookup(path) is not None:
+                raise StagingError(f"/{path} exists", _errno.EEXIST)
+            self._new_rec(path, Rec(DIR, mode & 0o7777, time.time_ns()))
+            return self.recs[path].entry(path)
+
+    def symlink(self, path: str, target: str) -> Entry:
+        with self.lock:
+            self._need_parent_dir(path)
+            if self.lookup(path) is not None:
+                raise StagingError(f"/{path} exists", _errno.EEXIST)
+            self._new_rec(path, Rec(LINK, 0o777, time.time_ns(), target=target))
+            return self.recs[path].entry(path)
+
+    def _file_rec(self, path: str) -> Rec:
+        """The staged record of a file, made from the base entry on first change (no copy)."""
+        rec = self.recs.get(path)
+        if rec is not None:
+            if rec.kind != FILE:
+                raise StagingError(f"/{path} is not a file", _errno.EISDIR)
+            return rec
+        e = self._base_lookup(path)
+        if e is None:
+            raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+        if not e.is_file:
+            raise StagingError(f"/{path} is not a file", _errno.EISDIR)
+        rec = rec_from_entry(e)
+        self._put(path, rec)
+        return rec
+
+    def write(self, path: str, offset: int, data: bytes) -> int:
+        with self.lock:
+            rec = self._file_rec(path)
+            if rec.overlay is None:
+                rec.overlay = self._new_overlay()
+            n = os.pwrite(self._fd(rec.overlay), data, offset)
+            rec.ranges = add_range(rec.ranges, offset, offset + n)
+            rec.size = max(rec.size, offset + n)
+            rec.mtime_ns = time.time_ns()
+            self._put(path, rec)
+            return n
+
+    def _new_overlay(self) -> int:
+        n = self._next_overlay
+        self._next_overlay += 1
+        with self.env.begin(write=True) as txn:
+            txn.put(b"next_overlay", str(self._next_overlay).encode(), db=self._meta_db)
+        return n
+
+    def _unlink_overlay(self, overlay: int) -> None:
+        fd = self._fds.pop(overlay, None)
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(self.path / "data" / str(overlay))
+        except FileNotFoundError:
+            pass
+
+    def truncate(self, path: str, size: int) -> None:
+        with self.lock:
+            rec = self._file_rec(path)
+            if size < rec.size:
+                rec.ranges = clip_ranges(rec.ranges, size)
+                rec.base_len = min(rec.base_len, size)
+                if rec.overlay is not None:
+                    os.ftruncate(self._fd(rec.overlay), size)
+            rec.size = size
+            rec.mtime_ns = time.time_ns()
+            self._put(path, rec)
+
+    def setattr(self, path: str, mode: int | None = None, mtime_ns: int | None = None) -> None:
+        with self.lock:
+            rec = self.recs.get(path)
+            if rec is None:
+                e = self._base_lookup(path)
+                if e is None:
+                    raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+                rec = rec_from_entry(e)
+            elif rec.kind == WHITEOUT:
+                raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+            if mode is not None and rec.kind != LINK:
+                rec.mode = mode & 0o7777
+            if mtime_ns is not None:
+                rec.mtime_ns = mtime_ns
+            self._put(path, rec)
+
+    def _remove(self, path: str, keep_overlays: bool = False) -> None:
+        """Take `path` and all staged beneath it away, whiting out what the base had there."""
+        prefix = path + "/"
+        for p in [p for p in self.recs if p == path or p.startswith(prefix)]:
+            rec = self.recs[p]
+            if rec.kind == FILE and rec.overlay is not None and not keep_overlays:
+                self._unlink_overlay(rec.overlay)
+            self._drop(p)
+        if self._base_lookup(path) is not None:
+            self._put(path, Rec(WHITEOUT))
+
+    def unlink(self, path: str) -> None:
+        with self.lock:
+            e = self.lookup(path)
+            if e is None:
+                raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+            if e.is_dir:
+                raise StagingError(f"/{path} is a directory", _errno.EISDIR)
+            self._remove(path)
+
+    def rmdir(self, path: str) -> None:
+        with self.lock:
+            e = self.lookup(path)
+            if e is None:
+                raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+            if not e.is_dir:
+                raise StagingError(f"/{path} is not a directory", _errno.ENOTDIR)
+            if self.list_dir(path):
+                raise StagingError(f"/{path} is not empty", _errno.ENOTEMPTY)
+            self._remove(path)
+
+    def rename(self, old: str, new: str, noreplace: bool = False) -> None:
+        with self.lock:
+            if old == new:
+                return
+            src = self.lookup(old)
+            if src is None:
+                raise StagingError(f"/{old} does not exist", _errno.ENOENT)
+            if new.startswith(old + "/"):
+                raise StagingError(f"cannot move /{old} into itself", _errno.EINVAL)
+            self._need_parent_dir(new)
+            dst = self.lookup(new)
+            if dst is not None:
+                if noreplace:
+                    raise StagingError(f"/{new} exists", _errno.EEXIST)
+                if src.is_dir and not dst.is_dir:
+                    raise StagingError(f"/{new} is not a directory", _errno.ENOTDIR)
+                if dst.is_dir and not src.is_dir:
+                    raise StagingError(f"/{new} is a directory", _errno.EISDIR)
+                if dst.is_dir and self.list_dir(new):
+                    raise StagingError(f"/{new} is not empty", _errno.ENOTEMPTY)
+                self._remove(new)
+            moved = [(old, src)]
+            if src.is_dir:
+                moved.extend((e.path, e) for e in self._walk_visible(old))
+            copies = []
+            for p, e in moved:
+                rec = self.recs.get(p)
+                rec = (
+                    replace(rec, ranges=list(rec.ranges)) if rec is not None else rec_from_entry(e)
+                )
+                rec.opaque = False
+                copies.append((new + p[len(old) :], rec))
+            self._remove(old, keep_overlays=True)
+            for p, rec in copies:
+                if rec.kind == DIR and self.view.lookup(p) is not None:
+                    rec.opaque = True
+                self._put(p, rec)
+
+    def _walk_visible(self, path: str) -> Iterator[Entry]:
+        for e in self.list_dir(path):
+            yield e
+            if e.is_dir:
+                yield from self._walk_visible(e.path)
+
+    # --- sealing ---------------------------------------------------------------------------
+
+    def is_empty(self) -> bool:
+        with self.lock:
+            return not self.recs
+
+    def changeset(self, reader: ChunkReader, chunker: Chunker) -> ChangeSet:
+        """The staged writes as a change, with every changed byte chunked and stored."""
+        with self.lock:
+            changes = ChangeSet()
+            for path, rec in sorted(self.recs.items()):
+                if rec.kind == WHITEOUT or (rec.kind == DIR and rec.opaque):
+                    changes.deletes.append(path)
+            new_small: list[tuple[str, Rec]] = []
+            pending: list[tuple[str, Rec, _Pending | FileData]] = []
+            for path, rec in sorted(self.recs.items()):
+                if rec.kind == WHITEOUT:
+                    continue
+                if rec.kind != FILE:
+                    changes.puts[path] = rec.entry(path)
+                elif rec.base_len == 0 and rec.size < SMALL_FILE:
+                    new_small.append((path, rec))
+                else:
+                    pending.append((path, rec, self._file_data(rec, reader, chunker)))
+            packed = chunker.add_small_files(
+                self._read_rec(r, 0, r.size, reader) for _, r in new_small
+            )
+            pending.extend((p, r, d) for (p, r), d in zip(new_small, packed, strict=True))
+            chunker.wait()
+            for path, rec, data in pending:
+                fd = data if isinstance(data, FileData) else data.result()
+                changes.puts[path] = Entry(
+                    path, EntryType.FILE, rec.mode, fd.size, rec.mtime_ns, fd.digest, fd.chunks
+                )
+            return changes
+
+    def _file_data(self, rec: Rec, reader: ChunkReader, chunker: Chunker) -> _Pending | FileData:
+        base = clip_refs(rec.base_chunks, rec.base_len)
+        whole = rec.base_len == sum(c.length for c in rec.base_chunks)
+        if rec.overlay is None and rec.size == rec.base_len and whole and rec.base_digest:
+            return FileData(rec.size, rec.base_digest, base)
+        dirty = add_range([list(r) for r in rec.ranges], rec.base_len, rec.size)
+        starts = []
+        pos = 0
+        for r in base:
+            starts.append(pos)
+            pos += r.length
+        # Widen each dirty range to the base references it touches, merging what then meets.
+        spans: list[list[int]] = []
+        for s, e in dirty:
+            i = _ref_index(starts, base, s)
+            a = starts[i] if i is not None else s
+            j = _ref_index(starts, base, e - 1)
+            b = starts[j] + base[j].length if j is not None else e
+            b = max(b, e)
+            if spans and spans[-1][1] >= a:
+                spans[-1][1] = max(spans[-1][1], b)
+            else:
+                spans.append([a, b])
+        pend = _Pending()
+        pend.size = rec.size
+        ri = 0
+        for a, b in spans:
+            # Spans start and end on reference boundaries inside the base, so every reference
+            # lies wholly before, inside or after each span.
+            while ri < len(base) and starts[ri] < a:
+                pend.parts.append((_done(base[ri].id), base[ri].offset, base[ri].length))
+                ri += 1
+            stream = _RecStream(lambda off, n: self._read_rec(rec, off, n, reader), a, b)
+            for c in chunker.cdc.cut_stream(stream):
+                pend.parts.append((chunker._submit(bytes(c.data)), 0, c.length))
+            while ri < len(base) and starts[ri] < b:
+                ri += 1
+        while ri < len(base):
+            pend.parts.append((_done(base[ri].id), base[ri].offset, base[ri].length))
+            ri += 1
+        hasher = blake3.blake3()
+        for off in range(0, rec.size, _DIGEST_PIECE):
+            hasher.update(self._read_rec(rec, off, min(_DIGEST_PIECE, rec.size - off), reader))
+        pend.digest = hasher.digest()
+        return pend
+
+
+def _ref_index(starts: list[int], refs: tuple[ChunkRef, ...], offset: int) -> int | None:
+    """Index of the base reference holding byte `offset`, or None past the base's end."""
+    i = bisect_right(starts, offset) - 1
+    return i if i >= 0 and offset < starts[i] + refs[i].length else None
+
+
+def _done(oid: str) -> Future[str]:
+    f: Future[str] = Future()
+    f.set_result(oid)
+    return f
+
+
+class _RecStream:
+    """A readable stream over [start, end) of a staged file, for the cutter."""
+
+    def __init__(self, read: Callable[[int, int], bytes], start: int, end: int) -> None:
+        self.read_at = read
+        self.pos = start
+        self.end = end
+
+    def readinto(self, out: memoryview) -> int:
+        n = min(len(out), self.end - self.pos)
+        if n <= 0:
+            return 0
+        data = self.read_at(self.pos, n)
+        out[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

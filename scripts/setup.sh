@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install cowfs and everything it needs on a fresh Debian/Ubuntu machine (run as root or with sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+# fuse3 + libfuse3-dev + pkg-config: the mount (pyfuse3 builds against libfuse3);
+# attr: getfattr/setfattr; bubblewrap: pipeline sandboxes; systemd: systemd-analyze for the unit.
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+    fuse3 libfuse3-dev pkg-config gcc python3-dev attr bubblewrap systemd tar coreutils findutils \
+    >/dev/null
+PY="${PYTHON:-python3}"
+"$PY" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+echo "cowfs installed: $("$PY" -m cowfs.cli.main --version)"
