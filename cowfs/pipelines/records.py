@@ -1,0 +1,392 @@
+"""Pipeline, job, datum and log records in the object store: the only place they live.
+
+A second machine pointed at the same store sees the same pipelines and jobs, so nothing here
+is kept in a node-local database. Keys:
+
+| key | what |
+| --- | --- |
+| `pipelines/<name>` | the spec, its version and the reprocess salt |
+| `pipeline-state/<name>` | which job runs or ran last, for which inputs: claimed by compare-and-swap |
+| `jobs/<pipeline>/<job>` | one job: state, inputs, counts, output commit, error |
+| `datum-lists/<pipeline>/<job>` | every datum of a job, one compact row each |
+| `datums/<pipeline>/<hash>` | a processed datum: inputs, state, output tree; what skipping reuses |
+| `logs/<pipeline>/<job>/<hash>` | the user code's stdout and stderr for one datum |
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cowfs.errors import AlreadyExists, Conflict, NotFound, ObjectMissing, UsageError
+from cowfs.lake import Lake
+from cowfs.pipelines.spec import PipelineSpec, parse
+
+#: A running job whose owner on another machine has not beaten its heart for this long is dead.
+STALE_AFTER_S = 60.0
+
+
+def pipeline_key(name: str) -> str:
+    return f"pipelines/{name}"
+
+
+def state_key(name: str) -> str:
+    return f"pipeline-state/{name}"
+
+
+def job_key(pipeline: str, job: str) -> str:
+    return f"jobs/{pipeline}/{job}"
+
+
+def datum_key(pipeline: str, datum: str) -> str:
+    return f"datums/{pipeline}/{datum}"
+
+
+def datum_list_key(pipeline: str, job: str) -> str:
+    return f"datum-lists/{pipeline}/{job}"
+
+
+def log_key(pipeline: str, job: str, datum: str) -> str:
+    return f"logs/{pipeline}/{job}/{datum}"
+
+
+def new_job_id() -> str:
+    """32 hex digits that sort by start time, so listing `jobs/<p>/` lists them in order."""
+    return f"{time.time_ns() // 1_000_000:012x}{uuid.uuid4().hex[:20]}"
+
+
+def _get(lake: Lake, key: str) -> dict | None:
+    try:
+        return json.loads(lake.objects.get(key))
+    except ObjectMissing:
+        return None
+
+
+def _put(lake: Lake, key: str, record: dict) -> None:
+    lake.objects.put(key, json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+
+
+# --- pipelines -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    spec: PipelineSpec
+    version: int
+    salt: str
+    created: float
+    updated: float
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "spec": self.spec.to_dict(),
+            "version": self.version,
+            "salt": self.salt,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_record(cls, d: dict) -> Pipeline:
+        return cls(parse(d["spec"]), d["version"], d.get("salt", ""), d["created"], d["updated"])
+
+
+def get_pipeline(lake: Lake, name: str) -> Pipeline:
+    d = _get(lake, pipeline_key(name))
+    if d is None:
+        raise NotFound(f"no pipeline named {name}: see `cowfs pipeline list`")
+    return Pipeline.from_record(d)
+
+
+def list_pipelines(lake: Lake) -> list[Pipeline]:
+    out = []
+    for key, _ in lake.objects.list("pipelines/"):
+        d = _get(lake, key)
+        if d is not None:
+            out.append(Pipeline.from_record(d))
+    return out
+
+
+def check_graph(lake: Lake, spec: PipelineSpec, others: list[Pipeline]) -> None:
+    """Inputs must exist and no pipeline may, through others, read its own output."""
+    missing = []
+    for inp in spec.pfs_inputs():
+        try:
+            lake.repo(inp.repo)
+        except NotFound:
+            missing.append(inp.repo)
+    if missing:
+        raise NotFound(
+            f"pipeline {spec.name} reads repo(s) that do not exist: {', '.join(sorted(set(missing)))}"
+            " (create them with `cowfs repo create`)"
+        )
+    reads = {p.name: {i.repo for i in p.spec.pfs_inputs()} for p in others if p.name != spec.name}
+    reads[spec.name] = {i.repo for i in spec.pfs_inputs()}
+    seen: set[str] = set()
+    stack = [spec.name]
+    while stack:
+        name = stack.pop()
+        for upstream in reads.get(name, ()):
+            if upstream == spec.name:
+                raise UsageError(f"pipeline {spec.name} would read its own output through a cycle")
+            if upstream not in seen:
+                seen.add(upstream)
+                stack.append(upstream)
+
+
+def create_pipeline(lake: Lake, spec: PipelineSpec) -> Pipeline:
+    if _get(lake, pipeline_key(spec.name)) is not None:
+        raise AlreadyExists(f"pipeline {spec.name} exists: use `cowfs pipeline update`")
+    check_graph(lake, spec, list_pipelines(lake))
+    try:
+        lake.repo(spec.name)
+        raise AlreadyExists(
+            f"a repo named {spec.name} already exists, and a pipeline's output repo takes its "
+            "name: delete the repo or name the pipeline differently"
+        )
+    except NotFound:
+        pass
+    now = time.time()
+    p = Pipeline(spec, 1, "", now, now)
+    data = json.dumps(p.to_record(), sort_keys=True).encode()
+    if not lake.objects.swap(pipeline_key(spec.name), data, None):
+        raise AlreadyExists(f"pipeline {spec.name} was just created by someone else")
+    lake.create_repo(spec.name, f"output of pipeline {spec.name}")
+    return p
+
+
+def update_pipeline(lake: Lake, spec: PipelineSpec, reprocess: bool = False) -> Pipeline:
+    """A new version of the spec; `reprocess` changes the salt so every datum hash changes."""
+    current = lake.objects.get_versioned(pipeline_key(spec.name))
+    if current is None:
+        raise NotFound(f"no pipeline named {spec.name}: use `cowfs pipeline create`")
+    old = Pipeline.from_record(json.loads(current.data))
+    check_graph(lake, spec, list_pipelines(lake))
+    salt = uuid.uuid4().hex if reprocess else old.salt
+    p = Pipeline(spec, old.version + 1, salt, old.created, time.time())
+    data = json.dumps(p.to_record(), sort_keys=True).encode()
+    if not lake.objects.swap(pipeline_key(spec.name), data, current.token):
+        raise Conflict(f"pipeline {spec.name} was updated by someone else meanwhile: retry")
+    return p
+
+
+def delete_pipeline(lake: Lake, name: str, keep_repo: bool = False) -> None:
+    get_pipeline(lake, name)
+    lake.objects.delete(pipeline_key(name))
+    for prefix in (f"jobs/{name}/", f"datum-lists/{name}/", f"datums/{name}/", f"logs/{name}/"):
+        for key, _ in lake.objects.list(prefix):
+            lake.objects.delete(key)
+    lake.objects.delete(state_key(name))
+    if not keep_repo:
+        try:
+            lake.delete_repo(name)
+        except NotFound:
+            pass
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    id: str
+    pipeline: str
+    state: str  # running | success | failed | interrupted | restarted
+    version: int
+    inputs: list[dict]  # [{name, repo, branch, commit}]
+    global_id: str
+    created: float
+    owner: dict
+    started: float | None = None
+    finished: float | None = None
+    heartbeat: float | None = None
+    total: int = 0
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    output_commit: str | None = None
+    error: str | None = None
+    failed_datum: str | None = None
+    datum_tree: str | None = None
+    restarts: str | None = None  # the job this one took over from
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("success", "failed")
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, d: dict) -> Job:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def seconds(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or time.time()) - self.started
+
+
+def put_job(lake: Lake, job: Job) -> None:
+    _put(lake, job_key(job.pipeline, job.id), job.to_record())
+
+
+def get_job(lake: Lake, pipeline: str, job_id: str) -> Job:
+    d = _get(lake, job_key(pipeline, job_id))
+    if d is None:
+        raise NotFound(f"no job {job_id} in pipeline {pipeline}")
+    return Job.from_record(d)
+
+
+def list_jobs(lake: Lake, pipeline: str) -> list[Job]:
+    out = []
+    for key, _ in lake.objects.list(f"jobs/{pipeline}/"):
+        d = _get(lake, key)
+        if d is not None:
+            out.append(Job.from_record(d))
+    return out
+
+
+def find_job(lake: Lake, ident: str) -> Job:
+    """A job by id or unique prefix, in whichever pipeline has it."""
+    if len(ident) < 6 or not all(c in "0123456789abcdef" for c in ident):
+        raise UsageError(f"{ident!r} is not a job id (hex, at least 6 digits)")
+    found = []
+    for key, _ in lake.objects.list("jobs/"):
+        _, pipeline, jid = key.split("/", 2)
+        if jid.startswith(ident):
+            found.append((pipeline, jid))
+    if not found:
+        raise NotFound(f"no job {ident}: see `cowfs job list`")
+    if len(found) > 1:
+        raise UsageError(f"job id {ident} is ambiguous: give more digits")
+    return get_job(lake, *found[0])
+
+
+# --- the per-pipeline claim ----------------------------------------------------------------------
+
+
+def this_owner(instance: str) -> dict:
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "instance": instance}
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def owner_alive(owner: dict, heartbeat: float | None, instance: str) -> bool:
+    """Whether the process that claimed a job may still be running it."""
+    if owner.get("host") == socket.gethostname() and owner.get("boot") == _boot_id():
+        pid = owner.get("pid")
+        if pid == os.getpid():
+            return owner.get("instance") == instance
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, TypeError, ValueError):
+            return False
+        except PermissionError:
+            return True
+        return True
+    return heartbeat is not None and time.time() - heartbeat < STALE_AFTER_S
+
+
+def get_state(lake: Lake, name: str) -> dict | None:
+    return _get(lake, state_key(name))
+
+
+def claim(lake: Lake, name: str, fields: dict, instance: str, force: bool) -> tuple[str, dict | None]:
+    """Take the pipeline for one job by compare-and-swap, so two daemons never run it twice.
+
+    Refuses (Conflict) while a live owner runs a job; a job left running by a dead owner is
+    taken over. Unless `force`, also refuses when the last job already had these `fields`.
+    Returns the new job id and the state it replaced.
+    """
+    current = lake.objects.get_versioned(state_key(name))
+    old = json.loads(current.data) if current else None
+    if old is not None and old.get("state") == "running":
+        if owner_alive(old.get("owner", {}), old.get("heartbeat"), instance):
+            raise Conflict(
+                f"pipeline {name} is running job {old.get('job')} "
+                f"(pid {old.get('owner', {}).get('pid')} on {old.get('owner', {}).get('host')})"
+            )
+    elif old is not None and not force and old.get("key") == fields.get("key"):
+        raise Conflict(f"pipeline {name} already ran job {old.get('job')} for these inputs")
+    job_id = new_job_id()
+    new = {
+        **fields,
+        "job": job_id,
+        "state": "running",
+        "owner": this_owner(instance),
+        "heartbeat": time.time(),
+    }
+    data = json.dumps(new, sort_keys=True).encode()
+    if not lake.objects.swap(state_key(name), data, current.token if current else None):
+        raise Conflict(f"pipeline {name} was claimed by another runner")
+    return job_id, old
+
+
+def set_state(lake: Lake, name: str, job_id: str, **changes: Any) -> None:
+    """Update the claim this runner holds; a no-op when someone took it over meanwhile."""
+    for _ in range(10):
+        current = lake.objects.get_versioned(state_key(name))
+        if current is None:
+            return
+        st = json.loads(current.data)
+        if st.get("job") != job_id:
+            return
+        st.update(changes)
+        data = json.dumps(st, sort_keys=True).encode()
+        if lake.objects.swap(state_key(name), data, current.token):
+            return
+
+
+# --- datums and logs -----------------------------------------------------------------------------
+
+
+def get_datum(lake: Lake, pipeline: str, datum: str) -> dict | None:
+    return _get(lake, datum_key(pipeline, datum))
+
+
+def put_datum(lake: Lake, pipeline: str, record: dict) -> None:
+    _put(lake, datum_key(pipeline, record["hash"]), record)
+
+
+def put_datum_list(lake: Lake, pipeline: str, job: str, rows: list[list]) -> None:
+    """Rows `[hash, state, tries, seconds, [input paths]]`: one object for the whole job."""
+    lake.objects.put(datum_list_key(pipeline, job), json.dumps(rows, separators=(",", ":")).encode())
+
+
+def get_datum_list(lake: Lake, pipeline: str, job: str) -> list[list]:
+    try:
+        return json.loads(lake.objects.get(datum_list_key(pipeline, job)))
+    except ObjectMissing:
+        return []
+
+
+def put_log(lake: Lake, pipeline: str, job: str, datum: str, data: bytes) -> str:
+    key = log_key(pipeline, job, datum)
+    lake.objects.put(key, data)
+    return key
+
+
+def list_logs(lake: Lake, pipeline: str, job: str) -> list[tuple[str, bytes]]:
+    out = []
+    for key, _ in lake.objects.list(f"logs/{pipeline}/{job}/"):
+        out.append((key.rpartition("/")[2], lake.objects.get(key)))
+    return out
