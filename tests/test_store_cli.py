@@ -165,7 +165,8 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(lake_env: LakeEnv, tmp_
         (("ls", "r@unknown"), 1, "neither a branch nor a commit"),
         (("cat", "r@main:/missing"), 1, "no such file"),
         (("cat", "r@main^:/f"), 1, "first commit"),
-        (("diff", "r@main", "r@zzz"), 2, "invalid"),
+        (("diff", "r@main", "r@zzz"), 1, "neither a branch nor a commit"),
+        (("diff", "r@main", "r@a:b"), 2, "names a path"),
         (("inspect", "not-an-id"), 2, "not a commit or global ID"),
         (("branch", "create", "r@main", "--from", "r@main"), 1, "already exists"),
     ]
