@@ -66,7 +66,8 @@ class Lake:
         marker = json.loads(objects.get(MARKER))
         if marker.get("format") != STORE_FORMAT:
             raise StoreUnavailable(
-                f"store {objects.url} has format {marker.get('format')}, this cowfs reads {STORE_FORMAT}"
+                f"store {objects.url} has format {marker.get('format')}, "
+                f"this cowfs reads {STORE_FORMAT}: upgrade cowfs"
             )
         index = Index(cache_dir_for(objects.url), cache_bytes=cache_bytes)
         return cls(Store(objects, index))
@@ -168,7 +169,8 @@ class Lake:
             commit = self.find_commit(ref.repo, ref.rev)
         if commit is None:
             raise NotFound(
-                f"{ref.repo}@{ref.rev} is neither a branch nor a commit: see `cowfs branch list {ref.repo}`"
+                f"{ref.repo}@{ref.rev} is neither a branch nor a commit: "
+                f"see `cowfs branch list {ref.repo}`"
             )
         for _ in range(ref.back):
             if commit.parent is None:

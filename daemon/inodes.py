@@ -49,8 +49,15 @@ class InodeTable:
     def by_key(self, key: tuple) -> Node | None:
         return self._by_key.get(key)
 
-    def ensure(self, key: tuple, kind: str, view: Any = None, path: str = "",
-               parent: int = 0, name: bytes = b"") -> Node:
+    def ensure(
+        self,
+        key: tuple,
+        kind: str,
+        view: Any = None,
+        path: str = "",
+        parent: int = 0,
+        name: bytes = b"",
+    ) -> Node:
         node = self._by_key.get(key)
         if node is None:
             node = Node(self._next, key, kind, view, path, parent=parent, name=name)
@@ -90,7 +97,7 @@ class InodeTable:
             if self._by_key.get(n.key) is n:
                 del self._by_key[n.key]
         for n in moved:
-            n.path = new + n.path[len(old):]
+            n.path = new + n.path[len(old) :]
             n.key = (view_key, n.path)
             stale = self._by_key.get(n.key)
             if stale is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 FUSE_OPS = Counter("cowfs_fuse_operations_total", "FUSE requests answered", ["op"])
-FUSE_ERRORS = Counter("cowfs_fuse_errors_total", "FUSE requests answered with an error", ["op", "errno"])
+FUSE_ERRORS = Counter(
+    "cowfs_fuse_errors_total", "FUSE requests answered with an error", ["op", "errno"]
+)
 FUSE_SECONDS = Histogram(
     "cowfs_fuse_operation_seconds",
     "Time to answer a FUSE request",

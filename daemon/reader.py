@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from cowfs.entries import Entry
 from cowfs.reader import ChunkReader
-
 from daemon.metrics_fuse import CHUNK_HITS, CHUNK_MISSES, STORE_READ_BYTES
 
 

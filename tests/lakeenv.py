@@ -20,11 +20,16 @@ class LakeEnv:
     root: Path
     env: dict[str, str] = field(default_factory=dict)
 
-    def run(self, *args: str, ok: bool = True, input: bytes | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self, *args: str, ok: bool = True, input: bytes | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         proc = subprocess.run(
             [sys.executable, "-m", "cowfs.cli.main", *args],
-            env=self.env, input=input, capture_output=True, cwd=cwd or self.root, timeout=300,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            cwd=cwd or self.root,
+            timeout=300,
         )
         if ok and proc.returncode != 0:
             raise AssertionError(

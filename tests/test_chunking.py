@@ -37,7 +37,9 @@ def blobs(seed: int, sizes: list[int]) -> list[bytes]:
     return [rnd.randbytes(n) for n in sizes]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.integers(0, 2**32), st.lists(st.integers(0, 600_000), min_size=1, max_size=40))
 def test_packed_small_files_read_back_exactly(store: Store, seed: int, sizes: list[int]) -> None:
     files = blobs(seed, sizes)

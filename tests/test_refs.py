@@ -30,8 +30,19 @@ def test_parse(text: str, want: Ref) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "@main", ".repo@main", "re po@main", "r@", "r@.x", "r@a/b", "r@main:/../x", "r@main:/a/../b",
-     "r@main:/a\x00b", "r@main:./x"],
+    [
+        "",
+        "@main",
+        ".repo@main",
+        "re po@main",
+        "r@",
+        "r@.x",
+        "r@a/b",
+        "r@main:/../x",
+        "r@main:/a/../b",
+        "r@main:/a\x00b",
+        "r@main:./x",
+    ],
 )
 def test_refused(text: str) -> None:
     with pytest.raises(UsageError):

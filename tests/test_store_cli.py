@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.lakeenv import LakeEnv
 
 ID = re.compile(r"^[0-9a-f]{32}$")
@@ -182,15 +180,27 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(lake_env: LakeEnv, tmp_
 def test_unreachable_or_missing_store(tmp_path: Path, local_env: LakeEnv) -> None:
     env = dict(local_env.env)
     env["COWFS_STORE"] = str(tmp_path / "never-initialised")
-    proc = subprocess.run([sys.executable, "-m", "cowfs.cli.main", "repo", "list"], env=env,
-                          capture_output=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cowfs.cli.main", "repo", "list"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert b"cowfs init" in proc.stderr
-    env.update(COWFS_STORE="s3://bucket/x", AWS_ENDPOINT_URL="http://127.0.0.1:9",
-               AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
+    env.update(
+        COWFS_STORE="s3://bucket/x",
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",
+        AWS_ACCESS_KEY_ID="k",
+        AWS_SECRET_ACCESS_KEY="s",
+    )
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "cowfs.cli.main", "repo", "list"], env=env,
-                          capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cowfs.cli.main", "repo", "list"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     err = proc.stderr.decode().strip()
     assert len(err.splitlines()) == 1 and "127.0.0.1:9" in err, err
@@ -304,8 +314,11 @@ def test_concurrent_puts_to_one_branch_all_land(lake_env: LakeEnv, tmp_path: Pat
     for who in ("alice", "bob"):
         f = tmp_path / f"{who}.txt"
         f.write_text(who)
-        procs.append(subprocess.Popen([sys.executable, "-c", script, who, str(f)],
-                                      env=lake_env.env, cwd=tmp_path))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script, who, str(f)], env=lake_env.env, cwd=tmp_path
+            )
+        )
     for p in procs:
         assert p.wait(timeout=300) == 0
     paths = {e["path"] for e in lake_env.json("ls", "-r", "r@main")}

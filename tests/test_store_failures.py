@@ -24,9 +24,12 @@ def test_killed_put_leaves_earlier_commits_intact(lake_env: LakeEnv, tmp_path: P
     with open(big, "wb") as f:
         for _ in range(256):
             f.write(os.urandom(1024 * 1024))
-    proc = subprocess.Popen([sys.executable, "-m", "cowfs.cli.main", "put", "r@main:/big.bin",
-                             str(big)], env=lake_env.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cowfs.cli.main", "put", "r@main:/big.bin", str(big)],
+        env=lake_env.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -15,8 +15,7 @@ names = st.text(alphabet="ab/.-é☕", min_size=1, max_size=8).map(
 
 
 def entry(path: str, size: int = 1) -> Entry:
-    return Entry(path, EntryType.FILE, 0o644, size, 0, bytes(32),
-                 (ChunkRef("ab" * 32, 0, size),))
+    return Entry(path, EntryType.FILE, 0o644, size, 0, bytes(32), (ChunkRef("ab" * 32, 0, size),))
 
 
 edit_lists = st.lists(st.tuples(names, st.one_of(st.none(), st.integers(0, 1000))), max_size=60)
@@ -47,8 +46,10 @@ def test_apply_matches_a_dict_and_is_canonical(initial: dict[str, int], edits: l
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.dictionaries(names, st.integers(0, 9), max_size=200),
-       st.dictionaries(names, st.integers(0, 9), max_size=200))
+@given(
+    st.dictionaries(names, st.integers(0, 9), max_size=200),
+    st.dictionaries(names, st.integers(0, 9), max_size=200),
+)
 def test_diff_matches_a_dict_diff(a: dict[str, int], b: dict[str, int]) -> None:
     nodes = MemNodes()
     ra = tree.build(nodes, [entry(p, s) for p, s in sorted(a.items())])
@@ -71,15 +72,16 @@ def test_list_dir_and_iter_under(paths: set[str], d: str) -> None:
     nodes = MemNodes()
     root = tree.build(nodes, [entry(p) for p in sorted(paths)])
     prefix = d + "/" if d else ""
-    children = sorted({p for p in paths if p.startswith(prefix) and "/" not in p[len(prefix):]})
+    children = sorted({p for p in paths if p.startswith(prefix) and "/" not in p[len(prefix) :]})
     assert [e.path for e in tree.list_dir(nodes, root, d)] == children
     under = sorted(p for p in paths if p == d or p.startswith(prefix))
     assert [e.path for e in tree.iter_under(nodes, root, d)] == under
 
 
 def big_tree(nodes: MemNodes, n: int) -> str:
-    return tree.build(nodes, sorted((entry(f"d{i % 100:02d}/f{i:06d}") for i in range(n)),
-                                    key=lambda e: e.path))
+    return tree.build(
+        nodes, sorted((entry(f"d{i % 100:02d}/f{i:06d}") for i in range(n)), key=lambda e: e.path)
+    )
 
 
 def test_one_file_added_to_100k_writes_a_handful_of_nodes() -> None:

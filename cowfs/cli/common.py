@@ -54,7 +54,7 @@ def when(ts: float | None) -> str:
 def progress_bar(
     desc: str, enabled: bool
 ) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
-    """(advance, set_total) callbacks drawing a bytes/s bar on a terminal, doing nothing elsewhere."""
+    """(advance, set_total) callbacks: a bytes/s bar on a terminal, nothing elsewhere."""
     if not enabled or not sys.stderr.isatty():
         yield (lambda n: None), (lambda n: None)
         return

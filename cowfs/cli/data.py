@@ -91,7 +91,8 @@ def put(ctx: Context, target: str, source: Path, message: str, keep: bool, as_js
         return
     click.echo(
         f"{report.files} files, {human_bytes(report.bytes)}; read {report.files_read} changed "
-        f"({human_bytes(report.bytes_read)}), stored {human_bytes(lake.store.put_stats.bytes_stored_new)} new"
+        f"({human_bytes(report.bytes_read)}), "
+        f"stored {human_bytes(lake.store.put_stats.bytes_stored_new)} new"
         + ("" if created else "; nothing changed, branch head kept"),
         err=True,
     )

@@ -85,7 +85,8 @@ def diff(ctx: Context, old: str, new: str, as_json: bool) -> None:
         )
         click.echo(f"{tag}  {r['path']}  ({size})")
     click.echo(
-        f"{len(out['added'])} added, {len(out['modified'])} modified, {len(out['deleted'])} deleted",
+        f"{len(out['added'])} added, {len(out['modified'])} modified, "
+        f"{len(out['deleted'])} deleted",
         err=True,
     )
 

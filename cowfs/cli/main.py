@@ -43,9 +43,9 @@ def cli(ctx: click.Context, store: str | None) -> None:
 
 
 def _register() -> None:
-    from cowfs.cli import admin, data, history
+    from cowfs.cli import admin, daemon, data, history, pipeline
 
-    for module in (admin, data, history):
+    for module in (admin, data, history, pipeline, daemon):
         for command in module.COMMANDS:
             cli.add_command(command)
     try:

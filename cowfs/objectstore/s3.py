@@ -14,9 +14,12 @@ message naming the endpoint, not hang a mount for minutes inside botocore's retr
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import heapq
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +28,7 @@ from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions
+import botocore.handlers
 from botocore.config import Config
 
 from cowfs.errors import ObjectMissing, StoreUnavailable, UsageError
@@ -69,6 +73,10 @@ _BODY_ERRORS = (
 )
 
 
+#: What botocore accepts; AWS itself is stricter (3-63 lowercase), other servers may not be.
+_BUCKET_RE = re.compile(r"[A-Za-z0-9._-]{1,255}")
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """Split `s3://bucket/a/prefix` into `("bucket", "a/prefix/")`; the prefix may be empty."""
     parts = urlsplit(url)
@@ -76,10 +84,25 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         raise UsageError(f"bad S3 URL {url!r}: expected s3://bucket or s3://bucket/prefix")
     if parts.query or parts.fragment:
         raise UsageError(f"bad S3 URL {url!r}: no ?query or #fragment allowed")
+    if not _BUCKET_RE.fullmatch(parts.netloc):
+        raise UsageError(
+            f"bad S3 bucket name {parts.netloc!r} in {url!r}: use letters, digits, '.', '-', '_'"
+        )
     prefix = parts.path.strip("/")
     if "//" in prefix:
         raise UsageError(f"bad S3 URL {url!r}: empty path segment in prefix")
     return parts.netloc, f"{prefix}/" if prefix else ""
+
+
+def _content_md5(data: bytes) -> str:
+    """The Content-MD5 header that makes the server reject a body that did not fully arrive.
+
+    Without it SeaweedFS (4.x) stores an *empty* object when a writer dies after sending the
+    request headers but before the first body byte, even though Content-Length and the signed
+    payload hash say otherwise; a killed `put` would leave a 0-byte chunk that dedup then trusts.
+    MD5 (not a CRC trailer) because every S3 implementation checks it as a plain header.
+    """
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
 
 
 def _client_error_parts(e: botocore.exceptions.ClientError) -> tuple[str, int, str]:
@@ -127,7 +150,7 @@ class S3Store(ObjectStore):
             max_pool_connections=MAX_POOL_CONNECTIONS,
             connect_timeout=CONNECT_TIMEOUT_S,
             read_timeout=READ_TIMEOUT_S,
-            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
             tcp_keepalive=True,
             # Custom endpoints (SeaweedFS, MinIO) rarely have wildcard DNS for bucket subdomains.
             s3={"addressing_style": "path" if endpoint else "auto"},
@@ -146,6 +169,11 @@ class S3Store(ObjectStore):
             raise StoreUnavailable(
                 f"invalid S3 endpoint {endpoint!r}: {e} (check AWS_ENDPOINT_URL)"
             ) from None
+        # botocore sends `Expect: 100-continue` on every PUT. Go servers (SeaweedFS, MinIO) rightly
+        # send no interim 100 for an empty body, which desynchronises botocore's pooled
+        # connection: the next PUT on it stalls for the full read timeout and is then silently
+        # sent again (boto/botocore#3755). Objects are small, so the handshake buys nothing.
+        self._client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
         self.endpoint_url: str = self._client.meta.endpoint_url
         self._closed = threading.Event()
         self._open_bucket(create)
@@ -167,7 +195,7 @@ class S3Store(ObjectStore):
             raise StoreUnavailable(
                 f"no AWS credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                 "(or AWS_PROFILE)"
-            ) from None
+            ) from e
         if isinstance(
             e,
             botocore.exceptions.EndpointConnectionError
@@ -180,7 +208,7 @@ class S3Store(ObjectStore):
             raise StoreUnavailable(
                 f"cannot reach S3 endpoint {self.endpoint_url} to {action} {where} "
                 f"(check AWS_ENDPOINT_URL and credentials): {type(e).__name__}"
-            ) from None
+            ) from e
         if isinstance(e, botocore.exceptions.ClientError):
             code, status, message = _client_error_parts(e)
             detail = f"{code}" + (f": {message}" if message and message != code else "")
@@ -188,22 +216,23 @@ class S3Store(ObjectStore):
                 raise StoreUnavailable(
                     f"S3 endpoint {self.endpoint_url} refused to {action} {where} ({detail}): "
                     "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's permissions"
-                ) from None
+                ) from e
             if code == "NoSuchBucket":
                 raise StoreUnavailable(
                     f"S3 bucket {self.bucket} does not exist at {self.endpoint_url}: "
                     "create it or run `cowfs init`"
-                ) from None
+                ) from e
             raise StoreUnavailable(
                 f"S3 could not {action} {where} (HTTP {status} {detail}); "
                 f"endpoint {self.endpoint_url}"
-            ) from None
+            ) from e
         if isinstance(e, botocore.exceptions.ParamValidationError):
-            raise UsageError(f"invalid S3 request to {action} {where}: {e}") from None
+            detail = " ".join(str(e).split())
+            raise UsageError(f"invalid S3 request to {action} {where}: {detail}") from e
         if isinstance(e, botocore.exceptions.BotoCoreError):
             raise StoreUnavailable(
                 f"S3 could not {action} {where} at {self.endpoint_url}: {e}"
-            ) from None
+            ) from e
         raise e
 
     def _call(self, action: str, key: str | None, fn: Callable[..., T], **kwargs: Any) -> T:
@@ -220,9 +249,7 @@ class S3Store(ObjectStore):
             code, status, _ = _client_error_parts(e)
             if status != 404 and code not in ("NoSuchBucket", "NotFound"):
                 self._raise(e, "open bucket")
-        except (botocore.exceptions.BotoCoreError, ValueError) as e:
-            if isinstance(e, ValueError):  # botocore rejects a malformed bucket name this way
-                raise UsageError(f"bad S3 bucket name in {self.url}: {e}") from None
+        except botocore.exceptions.BotoCoreError as e:
             self._raise(e, "open bucket")
         if not create:
             raise StoreUnavailable(
@@ -276,7 +303,13 @@ class S3Store(ObjectStore):
 
     def put(self, key: str, data: bytes) -> None:
         self._call(
-            "write", key, self._client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data
+            "write",
+            key,
+            self._client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ContentMD5=_content_md5(data),
         )
 
     def exists(self, key: str) -> bool:
@@ -302,9 +335,7 @@ class S3Store(ObjectStore):
             self._raise(e, "delete", key)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        strip = len(self.prefix)
-        for key, size in _in_key_order(self._list_raw(prefix), prefix.rfind("/") + 1):
-            yield key[strip:], size
+        yield from _in_key_order(self._list_raw(prefix), prefix.rfind("/") + 1)
 
     def _list_raw(self, prefix: str) -> Iterator[tuple[str, int]]:
         strip = len(self.prefix)
@@ -318,10 +349,15 @@ class S3Store(ObjectStore):
 
     def swap(self, key: str, data: bytes, expected: str | None) -> bool:
         condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+        md5 = _content_md5(data)
         for attempt in range(SWAP_CONFLICT_ATTEMPTS):
             try:
                 self._client.put_object(
-                    Bucket=self.bucket, Key=self._key(key), Body=data, **condition
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Body=data,
+                    ContentMD5=md5,
+                    **condition,
                 )
                 return True
             except botocore.exceptions.ClientError as e:

@@ -45,7 +45,9 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            end = body.find("]", i + 2 if body.startswith("[!", i) or body.startswith("[^", i) else i + 1)
+            end = body.find(
+                "]", i + 2 if body.startswith("[!", i) or body.startswith("[^", i) else i + 1
+            )
             if end < 0:
                 raise GlobError(f"unclosed '[' in glob {pattern!r}")
             inner = body[i + 1 : end]

@@ -6,7 +6,7 @@ is kept in a node-local database. Keys:
 | key | what |
 | --- | --- |
 | `pipelines/<name>` | the spec, its version and the reprocess salt |
-| `pipeline-state/<name>` | which job runs or ran last, for which inputs: claimed by compare-and-swap |
+| `pipeline-state/<name>` | the job running or run last, and for which inputs (compare-and-swap) |
 | `jobs/<pipeline>/<job>` | one job: state, inputs, counts, output commit, error |
 | `datum-lists/<pipeline>/<job>` | every datum of a job, one compact row each |
 | `datums/<pipeline>/<hash>` | a processed datum: inputs, state, output tree; what skipping reuses |
@@ -127,7 +127,8 @@ def check_graph(lake: Lake, spec: PipelineSpec, others: list[Pipeline]) -> None:
             missing.append(inp.repo)
     if missing:
         raise NotFound(
-            f"pipeline {spec.name} reads repo(s) that do not exist: {', '.join(sorted(set(missing)))}"
+            f"pipeline {spec.name} reads repo(s) that do not exist: "
+            f"{', '.join(sorted(set(missing)))}"
             " (create them with `cowfs repo create`)"
         )
     reads = {p.name: {i.repo for i in p.spec.pfs_inputs()} for p in others if p.name != spec.name}
@@ -279,7 +280,12 @@ def find_job(lake: Lake, ident: str) -> Job:
 
 
 def this_owner(instance: str) -> dict:
-    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "instance": instance}
+    return {
+        "host": socket.gethostname(),
+        "boot": _boot_id(),
+        "pid": os.getpid(),
+        "instance": instance,
+    }
 
 
 def _boot_id() -> str:
@@ -310,7 +316,9 @@ def get_state(lake: Lake, name: str) -> dict | None:
     return _get(lake, state_key(name))
 
 
-def claim(lake: Lake, name: str, fields: dict, instance: str, force: bool) -> tuple[str, dict | None]:
+def claim(
+    lake: Lake, name: str, fields: dict, instance: str, force: bool
+) -> tuple[str, dict | None]:
     """Take the pipeline for one job by compare-and-swap, so two daemons never run it twice.
 
     Refuses (Conflict) while a live owner runs a job; a job left running by a dead owner is
@@ -325,7 +333,12 @@ def claim(lake: Lake, name: str, fields: dict, instance: str, force: bool) -> tu
                 f"pipeline {name} is running job {old.get('job')} "
                 f"(pid {old.get('owner', {}).get('pid')} on {old.get('owner', {}).get('host')})"
             )
-    elif old is not None and not force and old.get("key") == fields.get("key"):
+    elif (
+        old is not None
+        and not force
+        and old.get("key") == fields.get("key")
+        and old.get("state") in ("success", "failed")
+    ):
         raise Conflict(f"pipeline {name} already ran job {old.get('job')} for these inputs")
     job_id = new_job_id()
     new = {
@@ -369,7 +382,9 @@ def put_datum(lake: Lake, pipeline: str, record: dict) -> None:
 
 def put_datum_list(lake: Lake, pipeline: str, job: str, rows: list[list]) -> None:
     """Rows `[hash, state, tries, seconds, [input paths]]`: one object for the whole job."""
-    lake.objects.put(datum_list_key(pipeline, job), json.dumps(rows, separators=(",", ":")).encode())
+    lake.objects.put(
+        datum_list_key(pipeline, job), json.dumps(rows, separators=(",", ":")).encode()
+    )
 
 
 def get_datum_list(lake: Lake, pipeline: str, job: str) -> list[list]:

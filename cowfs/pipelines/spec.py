@@ -361,7 +361,10 @@ def _pfs(raw: Any, where: str, parent: str | None, p: _Problems) -> PfsInput | N
             p.add(f"{where}.{fname}", f"only means something inside a {needs} input")
             ok = False
         elif not isinstance(value, str) or not globs.template_refs(value):
-            p.add(f"{where}.{fname}", f"must name capture groups of the glob, e.g. '$1', got {value!r}")
+            p.add(
+                f"{where}.{fname}",
+                f"must name capture groups of the glob, e.g. '$1', got {value!r}",
+            )
             ok = False
         elif groups and max(globs.template_refs(value)) > groups:
             p.add(

@@ -17,10 +17,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 _HOST = "127.0.0.1"
 
@@ -43,6 +46,23 @@ _PORT_FLAGS = (
 )
 
 
+def _free_port_pair(offset: int) -> tuple[int, int]:
+    """Two free ports `p` and `p + offset`, for components that ignore their own gRPC port flag."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as a:
+            a.bind((_HOST, 0))
+            port = a.getsockname()[1]
+            if port + offset > 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as b:
+                try:
+                    b.bind((_HOST, port + offset))
+                except OSError:
+                    continue
+                return port, port + offset
+    raise RuntimeError(f"found no two free ports {offset} apart on {_HOST}")
+
+
 def _free_ports(n: int) -> list[int]:
     """Ask the kernel for `n` distinct free ports.
 
@@ -60,6 +80,19 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def _can_die_with_parent() -> bool:
+    # PR_SET_PDEATHSIG fires when the forking *thread* exits, so only tie weed to the main thread.
+    return sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies, even by SIGKILL, so no weed lingers."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class SeaweedServer:
@@ -89,7 +122,7 @@ class SeaweedServer:
         self.ports: dict[str, int] = {}
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: object | None = None
+        self._log_file: IO[bytes] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -106,7 +139,23 @@ class SeaweedServer:
         data = self.dir / "data"
         data.mkdir(exist_ok=True)
         self.log_path = self.dir / "weed.log"
+        # Ports are chosen free but released before weed binds them, so a parallel run can
+        # occasionally grab one first: start again on fresh ports when that is what went wrong.
+        for attempt in range(3):
+            try:
+                self._launch(data)
+                return self
+            except RuntimeError as e:
+                if attempt == 2 or "address already in use" not in str(e):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _launch(self, data: Path) -> None:
+        assert self.dir is not None and self.log_path is not None and self._weed is not None
         self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+        # weed mini's maintenance worker dials the admin server at "admin.port + 10000" whatever
+        # -admin.port.grpc says, so keep the two consistent or it retries forever, flooding the log.
+        self.ports["admin.port"], self.ports["admin.port.grpc"] = _free_port_pair(10000)
 
         args = [
             self._weed,
@@ -122,6 +171,7 @@ class SeaweedServer:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.telemetry=false",
+            "-volume.preStopSeconds=0",  # no peers to drain; shutdown 1 s sooner
             # Unix sockets default to /tmp/seaweedfs-*-<port>.sock; keep ours private.
             f"-filer.localSocket={self.dir / 'filer.sock'}",
             f"-s3.localSocket={self.dir / 's3.sock'}",
@@ -140,15 +190,14 @@ class SeaweedServer:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=self.dir,
-            start_new_session=True,  # a Ctrl+C aimed at pytest must not kill weed mid-teardown
+            preexec_fn=_die_with_parent if _can_die_with_parent() else None,
         )
         try:
             self._wait_ready(began)
         except BaseException:
-            self.stop()
+            self._terminate()
             raise
         self.startup_seconds = time.monotonic() - began
-        return self
 
     def _wait_ready(self, began: float) -> None:
         """Poll until S3 answers a signed request, not just the TCP port.
@@ -158,26 +207,35 @@ class SeaweedServer:
         """
         deadline = began + self.startup_timeout
         last_error = "no answer yet"
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"weed mini exited with status {self._proc.returncode} during startup; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                self.client().list_buckets()
-                return
-            except Exception as e:  # noqa: BLE001 - any failure just means "not yet"
-                last_error = f"{type(e).__name__}: {e}"
-            time.sleep(0.1)
+        client = self.client()
+        try:
+            while time.monotonic() < deadline:
+                assert self._proc is not None
+                if self._proc.poll() is not None:
+                    raise RuntimeError(
+                        f"weed mini exited with status {self._proc.returncode} during startup; "
+                        f"last lines of {self.log_path}:\n{self.log_tail()}"
+                    )
+                try:
+                    client.list_buckets()
+                    return
+                except Exception as e:  # noqa: BLE001 - any failure just means "not yet"
+                    last_error = f"{type(e).__name__}: {e}"
+                time.sleep(0.1)
+        finally:
+            client.close()
         raise RuntimeError(
             f"SeaweedFS S3 did not come up at {self.endpoint_url} within "
             f"{self.startup_timeout:.0f}s (last error: {last_error}); "
-            f"log {self.log_path}:\n{self.log_tail()}"
+            f"last lines of {self.log_path}:\n{self.log_tail()}"
         )
 
     def stop(self) -> None:
+        self._terminate()
+        if self._own_dir and self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _terminate(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -189,15 +247,13 @@ class SeaweedServer:
                     proc.kill()
                 proc.wait(timeout=15)
         if self._log_file is not None:
-            self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file.close()
             self._log_file = None
         # gRPC sockets always go to /tmp, named by port, and weed leaves some (admin's) behind.
         for port in self.ports.values():
             for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
                 with contextlib.suppress(OSError):
                     sock.unlink()
-        if self._own_dir and self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> SeaweedServer:
         return self.start()
@@ -231,9 +287,10 @@ class SeaweedServer:
     def client(self):  # noqa: ANN201 - botocore's client type is generated at runtime
         """A boto3 S3 client for this server, independent of the process environment."""
         import boto3
+        import botocore.handlers
         from botocore.config import Config
 
-        return boto3.session.Session().client(
+        client = boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint_url,
             aws_access_key_id=self.access_key,
@@ -242,19 +299,23 @@ class SeaweedServer:
             config=Config(
                 connect_timeout=2,
                 read_timeout=10,
-                retries={"mode": "standard", "max_attempts": 1},
+                retries={"mode": "standard", "total_max_attempts": 1},
             ),
         )
+        # Same workaround as S3Store: botocore's Expect: 100-continue stalls a pooled connection
+        # against Go servers after an empty PUT (boto/botocore#3755).
+        client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+        return client
 
     def make_bucket(self, name: str) -> str:
         """Create a bucket (no error if it exists already) and return its name."""
         client = self.client()
         try:
             client.create_bucket(Bucket=name)
-        except client.exceptions.BucketAlreadyOwnedByYou:
+        except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
             pass
-        except client.exceptions.BucketAlreadyExists:
-            pass
+        finally:
+            client.close()
         return name
 
     def log_tail(self, lines: int = 40) -> str:

@@ -62,21 +62,35 @@ def cowfs(env: dict[str, str], *args: str) -> tuple[float, dict]:
     return dt, json.loads(out)
 
 
-def bench_store(name: str, env: dict[str, str], big: Path, small: Path, n_small: int,
-                cp_big: float, cp_small: float) -> list[str]:
+def bench_store(
+    name: str,
+    env: dict[str, str],
+    big: Path,
+    small: Path,
+    n_small: int,
+    cp_big: float,
+    cp_small: float,
+) -> list[str]:
     rows = []
     cowfs(env, "init")
-    subprocess.run([sys.executable, "-m", "cowfs.cli.main", "repo", "create", "bench"], env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "cowfs.cli.main", "repo", "create", "bench"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     size = big.stat().st_size
     drop_caches()
     dt, _ = cowfs(env, "put", "bench@main:/big.bin", str(big))
-    rows.append(f"| put 1 GiB file, {name} | {dt:.2f} s | {size / dt / 1e6:.0f} MB/s "
-                f"| {cp_big / dt:.2f} |")
+    rows.append(
+        f"| put 1 GiB file, {name} | {dt:.2f} s | {size / dt / 1e6:.0f} MB/s | {cp_big / dt:.2f} |"
+    )
     drop_caches()
     dt, _ = cowfs(env, "put", "bench@main:/small", str(small))
-    rows.append(f"| put {n_small:,} x 16 KiB, {name} | {dt:.2f} s | {n_small / dt:,.0f} files/s "
-                f"| {cp_small / dt:.2f} |")
+    rows.append(
+        f"| put {n_small:,} x 16 KiB, {name} | {dt:.2f} s | {n_small / dt:,.0f} files/s "
+        f"| {cp_small / dt:.2f} |"
+    )
     dt, out = cowfs(env, "put", "bench@main:/small", str(small))
     rows.append(f"| put again, unchanged ({out['files_read']} read), {name} | {dt:.2f} s | - | - |")
     _, s1 = cowfs(env, "stats")
@@ -86,16 +100,22 @@ def bench_store(name: str, env: dict[str, str], big: Path, small: Path, n_small:
     dt, out = cowfs(env, "put", "bench@main:/big.bin", str(big))
     _, s2 = cowfs(env, "stats")
     grown = (s2["stored_bytes"] - s1["stored_bytes"]) / MiB
-    rows.append(f"| 5 MiB changed in 1 GiB, {name} | {dt:.2f} s | stored {grown:.1f} MiB, "
-                f"{out['chunks_new']} chunks uploaded | - |")
-    rows.append(f"| stats, {name} | logical {s2['logical_bytes'] / MiB:,.0f} MiB | stored "
-                f"{s2['stored_bytes'] / MiB:,.0f} MiB in {s2['chunks']:,} chunks | dedup "
-                f"{s2['dedup_ratio']} |")
+    rows.append(
+        f"| 5 MiB changed in 1 GiB, {name} | {dt:.2f} s | stored {grown:.1f} MiB, "
+        f"{out['chunks_new']} chunks uploaded | - |"
+    )
+    rows.append(
+        f"| stats, {name} | logical {s2['logical_bytes'] / MiB:,.0f} MiB | stored "
+        f"{s2['stored_bytes'] / MiB:,.0f} MiB in {s2['chunks']:,} chunks | dedup "
+        f"{s2['dedup_ratio']} |"
+    )
     return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--dir", type=Path, default=Path("/tmp/cowfs-bench"))
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--small", type=int, default=20000)
@@ -117,15 +137,19 @@ def main() -> None:
     rows = [
         "| case | time | rate | ratio to cp (higher is better) |",
         "| --- | --- | --- | --- |",
-        f"| cp 1 GiB file + sync (physical limit) | {cp_big:.2f} s | {size / cp_big / 1e6:.0f} MB/s | 1.00 |",
-        f"| cp -r {args.small:,} x 16 KiB + sync | {cp_small:.2f} s | {args.small / cp_small:,.0f} files/s | 1.00 |",
+        f"| cp 1 GiB file + sync (physical limit) | {cp_big:.2f} s "
+        f"| {size / cp_big / 1e6:.0f} MB/s | 1.00 |",
+        f"| cp -r {args.small:,} x 16 KiB + sync | {cp_small:.2f} s "
+        f"| {args.small / cp_small:,.0f} files/s | 1.00 |",
     ]
 
     for store_name in ("local",) + (() if args.no_s3 else ("seaweedfs",)):
         work = root / store_name
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        env = dict(os.environ, COWFS_CACHE_DIR=str(work / "cache"), COWFS_STATE_DIR=str(work / "state"))
+        env = dict(
+            os.environ, COWFS_CACHE_DIR=str(work / "cache"), COWFS_STATE_DIR=str(work / "state")
+        )
         # The 5 MiB edit changes the file: start each store from the same bytes.
         big_copy = work / "big.bin"
         shutil.copyfile(big, big_copy)
@@ -142,8 +166,10 @@ def main() -> None:
                 env["COWFS_STORE"] = "s3://bench/lake"
                 rows += bench_store("SeaweedFS", env, big_copy, small, args.small, cp_big, cp_small)
         big_copy.unlink()
-    print(f"\ncaches dropped between runs: {'yes' if dropped else 'no (not permitted here)'}; "
-          f"{os.cpu_count()} cores\n")
+    print(
+        f"\ncaches dropped between runs: {'yes' if dropped else 'no (not permitted here)'}; "
+        f"{os.cpu_count()} cores\n"
+    )
     print("\n".join(rows))
 
 

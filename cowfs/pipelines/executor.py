@@ -1,0 +1,752 @@
+"""Running one job of a pipeline, start to finish, with or without a daemon.
+
+A job: read the input heads, plan datums, skip every datum whose hash was processed before
+(reusing its output), run the rest in `parallelism` workers, merge all outputs, and commit them
+with the input commit's global ID and provenance. A failed datum (after its retries) fails the
+job: its output commit is recorded in state "failed" with the error and log, and the output
+branch stays where it was.
+
+Which datums were processed is remembered twice: in a "datum tree" (paths `<hash>/<output
+path>`, a prolly tree whose root sits in the output commit's `extra`) for the cheap common case
+of the next job, and in a `datums/<pipeline>/<hash>` record per datum, written as soon as the
+datum's output is stored, so a job killed halfway loses at most the datums it had not flushed.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cowfs import tree
+from cowfs.changes import ChangeSet
+from cowfs.commits import Commit, Provenance
+from cowfs.entries import Entry, EntryType, dir_entry
+from cowfs.errors import CowfsError, UsageError
+from cowfs.export import write_file
+from cowfs.lake import Lake
+from cowfs.names import normalize_path
+from cowfs.pipelines import records
+from cowfs.pipelines.datums import Datum, InputFile, datum_hash, plan, transform_hash
+from cowfs.pipelines.merge import Collision, merge
+from cowfs.pipelines.outputs import entry_from_json, entry_to_json, ingest
+from cowfs.pipelines.records import Job, Pipeline
+from cowfs.pipelines.sandbox import SandboxUnavailable, choose
+from cowfs.pipelines.worker import Attempt, Cancelled, Worker
+from cowfs.reader import ChunkReader
+
+HEARTBEAT_S = 5.0
+#: The most datum input bytes a job puts in /dev/shm (times four, for outputs and slack).
+_SHM_LIMIT = 4 << 30
+_LOG_TAIL = 4000
+_warned: set[str] = set()
+
+
+class JobInterrupted(CowfsError):
+    """The runner was asked to stop; the job is left for the next runner to restart."""
+
+
+class Observer:
+    """Hooks for metrics; the library calls them, the daemon counts."""
+
+    def job_started(self, job: Job) -> None:
+        pass
+
+    def datum(self, pipeline: str, state: str, seconds: float) -> None:
+        pass
+
+    def job_finished(self, job: Job) -> None:
+        pass
+
+
+@dataclass
+class RunOptions:
+    #: Run even when the last job had exactly these inputs and spec (the CLI's `pipeline run`).
+    force: bool = True
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    observer: Observer = field(default_factory=Observer)
+    say: Callable[[str], None] = lambda s: None
+    tmp_dir: str | None = None
+    #: Datums whose outputs are stored and recorded together, and the longest a finished datum
+    #: waits for that (what a killed runner can lose).
+    flush_every: int = 512
+    flush_seconds: float = 1.0
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def current_inputs(lake: Lake, pipeline: Pipeline) -> list[dict]:
+    """The head commit of each pfs input (None where the branch has no commit yet)."""
+    out = []
+    for inp in pipeline.spec.pfs_inputs():
+        out.append(
+            {
+                "name": inp.name,
+                "repo": inp.repo,
+                "branch": inp.branch,
+                "commit": lake.head_id(inp.repo, inp.branch),
+            }
+        )
+    return out
+
+
+def job_fields(pipeline: Pipeline, inputs: list[dict]) -> dict:
+    """What makes two jobs the same job: the spec version and the input commits."""
+    commits = {i["name"]: i["commit"] for i in inputs}
+    key = f"{pipeline.version}:{pipeline.salt}:" + ",".join(
+        f"{n}={c}" for n, c in sorted(commits.items())
+    )
+    return {"key": key, "version": pipeline.version, "inputs": commits}
+
+
+def _input_files(
+    lake: Lake, inputs: list[dict]
+) -> tuple[dict[str, list[InputFile]], dict[tuple[str, str], Entry], dict[str, Commit]]:
+    files: dict[str, list[InputFile]] = {}
+    entries: dict[tuple[str, str], Entry] = {}
+    commits: dict[str, Commit] = {}
+    for inp in inputs:
+        if inp["commit"] is None:
+            files[inp["name"]] = []
+            continue
+        commit = lake.get_commit(inp["repo"], inp["commit"])
+        commits[inp["name"]] = commit
+        rows = []
+        for e in lake.walk(commit):
+            if e.is_dir:
+                digest = ""
+            elif e.type is EntryType.SYMLINK:
+                digest = "link:" + (e.target or "")
+            else:
+                digest = e.digest.hex() if e.digest else "empty"
+            rows.append(InputFile(e.path, digest))
+            entries[(inp["name"], e.path)] = e
+        files[inp["name"]] = rows
+    return files, entries, commits
+
+
+# --- the job -------------------------------------------------------------------------------------
+
+
+def run_job(lake: Lake, name: str, opts: RunOptions | None = None) -> Job | None:
+    """Run one job now for the pipeline's current inputs. None when no input has a commit."""
+    opts = opts or RunOptions()
+    pipeline = records.get_pipeline(lake, name)
+    inputs = current_inputs(lake, pipeline)
+    if all(i["commit"] is None for i in inputs):
+        return None
+    fields = job_fields(pipeline, inputs)
+    job_id, old = records.claim(lake, name, fields, opts.instance, opts.force)
+    restarts = None
+    if old is not None and old.get("state") in ("running", "interrupted") and old.get("job"):
+        restarts = old["job"]
+        _mark_restarted(lake, name, restarts, job_id)
+    now = time.time()
+    job = Job(
+        id=job_id,
+        pipeline=name,
+        state="running",
+        version=pipeline.version,
+        inputs=inputs,
+        global_id="",
+        created=now,
+        started=now,
+        heartbeat=now,
+        owner=records.this_owner(opts.instance),
+        restarts=restarts,
+    )
+    records.put_job(lake, job)
+    opts.observer.job_started(job)
+    try:
+        _execute(lake, pipeline, job, opts)
+    except (JobInterrupted, KeyboardInterrupt):
+        job.state = "interrupted"
+        job.finished = time.time()
+        job.error = "the runner stopped before the job finished; it restarts with the runner"
+        records.put_job(lake, job)
+        records.set_state(lake, name, job.id, state="interrupted")
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure must end as a failed job, not a stuck one
+        if job.state == "running":
+            msg = str(e) if isinstance(e, CowfsError) else f"{type(e).__name__}: {e}"
+            _fail(lake, pipeline, job, msg, None, None, opts)
+    finally:
+        opts.observer.job_finished(job)
+    return job
+
+
+def _mark_restarted(lake: Lake, name: str, old_id: str, new_id: str) -> None:
+    try:
+        old = records.get_job(lake, name, old_id)
+    except CowfsError:
+        return
+    if not old.done:
+        old.state = "restarted"
+        old.finished = old.finished or time.time()
+        old.error = f"its runner died or stopped; restarted as job {new_id}"
+        records.put_job(lake, old)
+
+
+def _provenance(job: Job, commits: dict[str, Commit]) -> tuple[tuple[Provenance, ...], str]:
+    seen: dict[tuple[str, str], Provenance] = {}
+    for inp in job.inputs:
+        c = commits.get(inp["name"])
+        if c is not None:
+            seen.setdefault((c.repo, c.id), Provenance(c.repo, c.id, inp["branch"]))
+    # The newest input commit is the change that caused this job: its global ID travels on.
+    newest = max(commits.values(), key=lambda c: c.created)
+    return tuple(seen.values()), newest.global_id
+
+
+def _execute(lake: Lake, pipeline: Pipeline, job: Job, opts: RunOptions) -> None:
+    spec = pipeline.spec
+    files, entries, commits = _input_files(lake, job.inputs)
+    provenance, gid = _provenance(job, commits)
+    job.global_id = gid
+    job.extra["provenance"] = [vars(p) for p in provenance]
+    datums = plan(spec.input, files)
+    tid = transform_hash(spec.transform, pipeline.salt)
+    planned = {datum_hash(tid, d): d for d in datums}
+    job.total = len(planned)
+
+    head = lake.head(spec.name, spec.output_branch)
+    prev_root = (
+        head.extra.get("datums") if head and head.extra.get("pipeline") == spec.name else None
+    )
+    # Fast path: the last job's datum list says which datums it had, so unchanged datums are
+    # skipped without reading their outputs, and only added and removed ones touch the trees.
+    prev_hashes = _prev_hashes(lake, spec.name, head) if prev_root else None
+    fast = prev_hashes is not None
+    prev_outputs: dict[str, list[Entry]] = {}
+    if not fast:
+        prev_outputs = _datum_tree_outputs(lake, prev_root)
+        prev_hashes = set(prev_outputs)
+    outputs: dict[str, list[Entry]] = {}
+    rows: dict[str, list] = {}
+    todo: list[tuple[str, Datum]] = []
+    skipped = 0
+    for h, d in planned.items():
+        if h in prev_hashes:
+            if not fast:
+                outputs[h] = prev_outputs[h]
+        else:
+            rec = records.get_datum(lake, spec.name, h)
+            if rec is not None and rec.get("state") == "success":
+                outputs[h] = [entry_from_json(r) for r in rec["output"]]
+            else:
+                todo.append((h, d))
+                continue
+        skipped += 1
+        rows[h] = [h, "skipped", 0, 0.0, d.label()]
+        opts.observer.datum(spec.name, "skipped", 0.0)
+    job.skipped = skipped
+    opts.say(f"job {job.id}: {job.total} datums, {len(todo)} to process, {job.skipped} skipped")
+    records.put_job(lake, job)
+
+    failure = None
+    if todo:
+        failure = _process(lake, pipeline, job, todo, entries, outputs, rows, opts)
+    if failure is not None:
+        h, attempt, log_key = failure
+        rows[h] = [h, "failed", spec.datum_tries, attempt.seconds, planned[h].label()]
+        records.put_datum_list(lake, spec.name, job.id, [rows[k] for k in sorted(rows)])
+        tail = attempt.log[-_LOG_TAIL:].decode(errors="replace")
+        msg = (
+            f"datum {h[:12]} ({planned[h].label()}) failed after {spec.datum_tries} "
+            f"{'try' if spec.datum_tries == 1 else 'tries'}: {attempt.error}"
+        )
+        if tail.strip():
+            msg += f"\n--- log of datum {h[:12]} (last {_LOG_TAIL} bytes) ---\n{tail}"
+        _fail(lake, pipeline, job, msg, h, log_key, opts)
+        return
+
+    try:
+        if fast:
+            removed = {
+                h: _datum_outputs(lake, prev_root, h) for h in prev_hashes if h not in planned
+            }
+            changes = _delta_changes(lake, head, outputs, removed, prev_root)
+            datum_root = _update_datum_tree(lake, prev_root, removed, outputs)
+        else:
+            changes = _changes(lake, head, merge(outputs))
+            datum_root = _update_datum_tree(lake, prev_root, prev_outputs, outputs)
+    except Collision as c:
+        msg = (
+            f"datums {c.first[:12]} ({_label(planned, c.first)}) and {c.second[:12]} "
+            f"({_label(planned, c.second)}) both write /{c.path}"
+        )
+        records.put_datum_list(lake, spec.name, job.id, [rows[k] for k in sorted(rows)])
+        _fail(lake, pipeline, job, msg, c.second, None, opts)
+        return
+
+    records.put_datum_list(lake, spec.name, job.id, [rows[k] for k in sorted(rows)])
+    commit = lake.commit(
+        spec.name,
+        spec.output_branch,
+        changes,
+        f"pipeline {spec.name} job {job.id}",
+        origin="pipeline",
+        global_id=gid,
+        provenance=provenance,
+        allow_empty=True,
+        extra={"pipeline": spec.name, "job": job.id, "datums": datum_root, "version": job.version},
+    )
+    job.state = "success"
+    job.finished = time.time()
+    job.output_commit = commit.id
+    job.datum_tree = datum_root
+    records.put_job(lake, job)
+    records.set_state(lake, spec.name, job.id, state="success", finished=job.finished)
+    opts.say(
+        f"job {job.id}: success, {job.processed} processed, {job.skipped} skipped, "
+        f"output {spec.name}@{commit.id} ({job.seconds():.2f} s)"
+    )
+
+
+def _fail(
+    lake: Lake,
+    pipeline: Pipeline,
+    job: Job,
+    msg: str,
+    datum: str | None,
+    log_key: str | None,
+    opts: RunOptions,
+) -> None:
+    """Record the failure on the job and as a failed output commit; the branch stays put."""
+    spec = pipeline.spec
+    gid = job.global_id
+    provenance = tuple(Provenance(**p) for p in job.extra.get("provenance", ()))
+    job.state = "failed"
+    job.finished = time.time()
+    job.error = msg
+    job.failed_datum = datum
+    try:
+        if gid:
+            commit = lake.commit(
+                spec.name,
+                spec.output_branch,
+                ChangeSet(),
+                f"pipeline {spec.name} job {job.id} failed",
+                origin="pipeline",
+                global_id=gid,
+                provenance=provenance,
+                state="failed",
+                error=msg,
+                allow_empty=True,
+                extra={"pipeline": spec.name, "job": job.id, "datum": datum, "log": log_key},
+            )
+            job.output_commit = commit.id
+    finally:
+        records.put_job(lake, job)
+        records.set_state(lake, spec.name, job.id, state="failed", finished=job.finished)
+    opts.say(f"job {job.id}: failed: {msg.splitlines()[0]}")
+
+
+# --- datum trees ---------------------------------------------------------------------------------
+
+
+def _datum_tree_outputs(lake: Lake, root: str | None) -> dict[str, list[Entry]]:
+    """hash -> output entries (paths relative to /pfs/out) of every datum in a datum tree."""
+    out: dict[str, list[Entry]] = {}
+    if not root:
+        return out
+    for e in tree.iter_all(lake.store, root):
+        h, _, rest = e.path.partition("/")
+        if not rest:
+            out.setdefault(h, [])
+        else:
+            out.setdefault(h, []).append(e.with_path(rest))
+    return out
+
+
+def _label(planned: dict[str, Datum], h: str) -> str:
+    return planned[h].label() if h in planned else "from an earlier job"
+
+
+def _prev_hashes(lake: Lake, pipeline: str, head: Commit | None) -> set[str] | None:
+    """The datums of the job that made the output head, from its datum list (one small
+    object, parsed far faster than the datum tree). None when that list is missing."""
+    job = head.extra.get("job") if head else None
+    if not job:
+        return None
+    rows = records.get_datum_list(lake, pipeline, job)
+    if not rows and head.files:
+        return None
+    return {r[0] for r in rows if r[1] in ("processed", "skipped")}
+
+
+def _datum_outputs(lake: Lake, root: str, h: str) -> list[Entry]:
+    found = tree.iter_under(lake.store, root, h)
+    return [e.with_path(e.path[len(h) + 1 :]) for e in found if e.path != h]
+
+
+def _owner(lake: Lake, root: str, path: str) -> str:
+    """Which datum of a datum tree wrote `path` (or something beneath it): the slow search
+    only a collision pays for."""
+    for e in tree.iter_all(lake.store, root):
+        h, _, rest = e.path.partition("/")
+        if rest == path or rest.startswith(path + "/"):
+            return h
+    return "?"
+
+
+def _delta_changes(
+    lake: Lake,
+    head: Commit,
+    added: dict[str, list[Entry]],
+    removed: dict[str, list[Entry]],
+    prev_root: str,
+) -> ChangeSet:
+    """The output change from added and removed datums alone, checked against the head for
+    paths a kept datum already writes; raises `Collision` naming both datums."""
+    view = tree.TreeView(lake.store, head.tree)
+    new = merge(added)
+    owner = {e.path: h for h, es in added.items() for e in es}
+    gone = {e.path for es in removed.values() for e in es if not e.is_dir}
+    gone_dirs = {e.path for es in removed.values() for e in es if e.is_dir}
+    changes = ChangeSet()
+
+    def kept_under(d: str) -> str | None:
+        for e in view.walk(d):
+            if e.path != d and e.path not in gone and not e.is_dir:
+                return e.path
+        return None
+
+    for path, e in new.items():
+        cur = view.lookup(path)
+        if cur is None or path in gone:
+            changes.puts[path] = e
+        elif e.is_dir and cur.is_dir:
+            continue
+        elif e.is_dir:  # a kept datum's file where an added datum makes a directory
+            raise Collision(path, _owner(lake, prev_root, path), owner[path])
+        elif cur.is_dir:
+            other = kept_under(path)
+            if other is None:
+                changes.puts[path] = e
+            else:
+                raise Collision(path, _owner(lake, prev_root, other), owner[path])
+        else:
+            raise Collision(path, _owner(lake, prev_root, path), owner[path])
+    changes.deletes = sorted(p for p in gone if p not in new)
+    for d in sorted(gone_dirs, reverse=True):
+        if d in new or any(p.startswith(d + "/") for p in new):
+            continue
+        if kept_under(d) is None:
+            changes.deletes.append(d)
+    return changes
+
+
+def _update_datum_tree(
+    lake: Lake,
+    prev_root: str | None,
+    prev: dict[str, list[Entry]],
+    outputs: dict[str, list[Entry]],
+) -> str:
+    """The datum tree without the datums of `prev` that `outputs` lacks and with those of
+    `outputs` that `prev` lacks: edits to the last tree, so its cost follows the change."""
+    edits: dict[str, Entry | None] = {}
+    for h, es in prev.items():
+        if h not in outputs:
+            edits[h] = None
+            for e in es:
+                edits[f"{h}/{e.path}"] = None
+    for h, es in outputs.items():
+        if h not in prev:
+            edits[h] = dir_entry(h)
+            for e in es:
+                edits[f"{h}/{e.path}"] = e.with_path(f"{h}/{e.path}")
+    base = prev_root or tree.empty_tree(lake.store)
+    return tree.apply(lake.store, base, edits)
+
+
+def _changes(lake: Lake, head: Commit | None, merged: dict[str, Entry]) -> ChangeSet:
+    """What turns the output branch's head into exactly the merged outputs."""
+    changes = ChangeSet()
+    current: dict[str, Entry] = {}
+    if head is not None:
+        current = {e.path: e for e in lake.walk(head)}
+    for path, e in merged.items():
+        if current.get(path) != e:
+            changes.puts[path] = e
+    changes.deletes = [p for p in current if p not in merged]
+    return changes
+
+
+# --- processing ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Done:
+    hash: str
+    attempt: Attempt
+    tries: int
+    holding: Path | None  # where its output was moved; None when it failed
+
+
+def _process(
+    lake: Lake,
+    pipeline: Pipeline,
+    job: Job,
+    todo: list[tuple[str, Datum]],
+    entries: dict[tuple[str, str], Entry],
+    outputs: dict[str, list[Entry]],
+    rows: dict[str, list],
+    opts: RunOptions,
+) -> tuple[str, Attempt, str | None] | None:
+    """Run the datums in `todo`; fills `outputs` and `rows`. Returns the failed datum, if any."""
+    spec = pipeline.spec
+    try:
+        sandbox = choose(spec)
+    except SandboxUnavailable as e:
+        raise UsageError(str(e)) from None
+    if sandbox.reason and sandbox.reason not in _warned:
+        _warned.add(sandbox.reason)
+        print(
+            f"cowfs: running transforms without a sandbox ({sandbox.reason}); inputs are at "
+            "$PFS_<INPUT> and output at $PFS_OUT, not /pfs",
+            file=sys.stderr,
+        )
+    if spec.datum_batching and spec.transform.stdin:
+        raise UsageError(
+            "datum_batching feeds datums on stdin, so transform.stdin cannot be used: put the "
+            "code in transform.cmd (e.g. [python3, -c, ...])"
+        )
+    names = [i.name for i in spec.pfs_inputs()]
+    todo_map = dict(todo)
+    input_bytes = sum(entries[(f.input, f.path)].size for _, d in todo for f in d.files)
+    scratch = opts.tmp_dir or scratch_dir(input_bytes)
+    tmp = Path(tempfile.mkdtemp(prefix=f"cowfs-job-{spec.name}-", dir=scratch))
+    reader = ChunkReader(lake.store)
+    queue_in: queue.Queue[tuple[str, Datum]] = queue.Queue()
+    for item in todo:
+        queue_in.put(item)
+    done: queue.Queue[_Done | None] = queue.Queue()
+    stop = threading.Event()
+    cancel = _Either(opts.cancel)
+    nworkers = max(1, min(spec.parallelism, len(todo)))
+
+    def work(i: int) -> None:
+        worker = Worker(tmp / f"w{i}", spec, sandbox, names, cancel)
+        try:
+            while not stop.is_set():
+                try:
+                    h, d = queue_in.get_nowait()
+                except queue.Empty:
+                    return
+                attempt = Attempt(False, "not run", b"", 0.0)
+                logs: list[bytes] = []
+                tries = 0
+                for tries in range(1, spec.datum_tries + 1):  # noqa: B007
+                    worker.reset()
+                    try:
+                        _materialize(reader, entries, worker, d)
+                    except (OSError, CowfsError) as e:
+                        attempt = Attempt(False, f"cannot materialize inputs: {e}", b"", 0.0)
+                        break
+                    attempt = worker.run(h, spec.datum_timeout)
+                    if attempt.ok:
+                        break
+                    logs.append(
+                        f"--- try {tries} failed: {attempt.error} ---\n".encode() + attempt.log
+                    )
+                if attempt.ok:
+                    holding = tmp / "outs" / h
+                    worker.take_output(holding)
+                    done.put(_Done(h, attempt, tries, holding))
+                else:
+                    attempt.log = b"".join(logs) or attempt.log
+                    done.put(_Done(h, attempt, tries, None))
+                    stop.set()
+                    return
+        except Cancelled:
+            stop.set()
+        except BaseException as e:  # noqa: BLE001 - reported as the job's error
+            done.put(_Done("", Attempt(False, f"worker crashed: {e!r}", b"", 0.0), 0, None))
+            stop.set()
+        finally:
+            worker.close()
+            done.put(None)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(nworkers)]
+    for t in threads:
+        t.start()
+    failure: tuple[str, Attempt, str | None] | None = None
+    pending: list[_Done] = []
+    finished_workers = 0
+    last_beat = last_flush = time.monotonic()
+    try:
+        with ThreadPoolExecutor(8, thread_name_prefix="cowfs-records") as io:
+            while finished_workers < nworkers:
+                try:
+                    item = done.get(timeout=0.5)
+                except queue.Empty:
+                    item = False
+                if item is None:
+                    finished_workers += 1
+                elif item:
+                    if item.holding is None:
+                        if failure is None:
+                            failure = _record_failure(lake, spec.name, job, item, todo_map)
+                            opts.observer.datum(spec.name, "failed", item.attempt.seconds)
+                    else:
+                        pending.append(item)
+                if pending and (
+                    len(pending) >= opts.flush_every
+                    or time.monotonic() - last_flush > opts.flush_seconds
+                ):
+                    _flush(lake, spec.name, job, pending, todo_map, outputs, rows, opts, io)
+                    pending = []
+                    last_flush = time.monotonic()
+                if time.monotonic() - last_beat > HEARTBEAT_S:
+                    last_beat = time.monotonic()
+                    job.heartbeat = time.time()
+                    records.put_job(lake, job)
+                    records.set_state(lake, spec.name, job.id, heartbeat=job.heartbeat)
+            _flush(lake, spec.name, job, pending, todo_map, outputs, rows, opts, io)
+    except BaseException:
+        cancel.own.set()  # Ctrl-C or a store error: kill this job's processes, do not wait
+        raise
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        reader.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if cancel.is_set():
+        raise JobInterrupted(f"job {job.id} interrupted")
+    return failure
+
+
+class _Either:
+    """Set when the runner stops (shared by every job) or when this job must stop alone."""
+
+    def __init__(self, shared: threading.Event) -> None:
+        self.shared = shared
+        self.own = threading.Event()
+
+    def is_set(self) -> bool:
+        return self.shared.is_set() or self.own.is_set()
+
+
+def scratch_dir(input_bytes: int) -> str | None:
+    """Where datums' directories go: memory (/dev/shm) when the inputs are small enough to
+    fit comfortably, because a datum creates and deletes several files and directories and a
+    disk's journal makes each of those cost ten times more. `COWFS_JOB_TMP` decides instead."""
+    forced = os.environ.get("COWFS_JOB_TMP")
+    if forced:
+        return forced
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if os.access("/dev/shm", os.W_OK) and input_bytes * 4 < min(free, _SHM_LIMIT):
+        return "/dev/shm"
+    return None
+
+
+def _materialize(
+    reader: ChunkReader, entries: dict[tuple[str, str], Entry], worker: Worker, d: Datum
+) -> None:
+    for f in d.files:
+        if normalize_path(f.path) != f.path:
+            raise UsageError(f"refusing input path {f.path!r}: not a clean relative path")
+        target = worker.input_dir(f.input) / f.path
+        e = entries[(f.input, f.path)]
+        if e.is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if e.type is EntryType.SYMLINK:
+            target.symlink_to(e.target or "")
+        else:
+            write_file(reader, e, target)
+
+
+def _record_failure(
+    lake: Lake, pipeline: str, job: Job, item: _Done, todo: dict[str, Datum]
+) -> tuple[str, Attempt, str | None]:
+    job.failed += 1
+    log_key = None
+    if item.hash:
+        log = item.attempt.log + f"\n--- datum failed: {item.attempt.error} ---\n".encode()
+        log_key = records.put_log(lake, pipeline, job.id, item.hash, log)
+        d = todo[item.hash]
+        records.put_datum(
+            lake,
+            pipeline,
+            {
+                "hash": item.hash,
+                "job": job.id,
+                "state": "failed",
+                "error": item.attempt.error,
+                "tries": item.tries,
+                "seconds": item.attempt.seconds,
+                "inputs": [[f.input, f.path, f.digest] for f in d.files],
+                "log": log_key,
+                "time": time.time(),
+            },
+        )
+    else:
+        raise CowfsError(item.attempt.error)
+    return item.hash, item.attempt, log_key
+
+
+def _flush(
+    lake: Lake,
+    pipeline: str,
+    job: Job,
+    pending: list[_Done],
+    todo: dict[str, Datum],
+    outputs: dict[str, list[Entry]],
+    rows: dict[str, list],
+    opts: RunOptions,
+    io: ThreadPoolExecutor,
+) -> None:
+    """Store the outputs of finished datums and record them, so a restart can skip them."""
+    if not pending:
+        return
+    got = ingest(lake.store, [(p.hash, p.holding) for p in pending if p.holding is not None])
+    lake.objects.sync()
+    futures = []
+    for p in pending:
+        d = todo[p.hash]
+        outs = got[p.hash]
+        log_key = None
+        if p.attempt.log.strip():
+            log_key = records.log_key(pipeline, job.id, p.hash)
+            futures.append(io.submit(lake.objects.put, log_key, p.attempt.log))
+        rec = {
+            "hash": p.hash,
+            "job": job.id,
+            "state": "success",
+            "tries": p.tries,
+            "seconds": p.attempt.seconds,
+            "inputs": [[f.input, f.path, f.digest] for f in d.files],
+            "output": [entry_to_json(e) for e in outs],
+            "log": log_key,
+            "time": time.time(),
+        }
+        futures.append(io.submit(records.put_datum, lake, pipeline, rec))
+        outputs[p.hash] = outs
+        rows[p.hash] = [p.hash, "processed", p.tries, round(p.attempt.seconds, 4), d.label()]
+        job.processed += 1
+        opts.observer.datum(pipeline, "processed", p.attempt.seconds)
+        if p.holding is not None:
+            io.submit(shutil.rmtree, p.holding, ignore_errors=True)
+    for f in futures:
+        f.result()
+    job.heartbeat = time.time()
+    records.put_job(lake, job)

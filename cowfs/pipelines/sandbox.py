@@ -1,0 +1,198 @@
+"""How a datum's process is started: bubblewrap, a container engine, or directly.
+
+Every mode gives the code the same view: inputs at `/pfs/<name>` (read-only), output at
+`/pfs/out`, and `PFS_<NAME>` / `PFS_OUT` in the environment pointing at them. Bubblewrap adds no
+network and a read-only host `/usr`; without it (or where it cannot start, as in some containers)
+the code runs directly and only the environment variables tell it where things are, which the
+runner says once, loudly, rather than failing.
+
+`python3` in a transform is the Python that runs cowfs, and `cowfs.pipelines.batch` is importable
+in every mode, so batching helpers work without installing anything into the sandbox.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cowfs
+from cowfs.errors import CowfsError
+from cowfs.pipelines.spec import PipelineSpec
+
+#: Where the control directory (the batch protocol's FIFO) appears inside a sandbox.
+CTL_INSIDE = "/run/cowfs"
+_HOST_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+_ENGINES = ("podman", "docker")
+
+
+class SandboxUnavailable(CowfsError):
+    """The spec asks for something this machine cannot run (an image with no engine)."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    kind: str  # bwrap | direct | podman | docker
+    #: Why a weaker mode was chosen, shown once per process; empty when nothing was given up.
+    reason: str = ""
+
+
+def env_name(input_name: str) -> str:
+    return "PFS_" + re.sub(r"[^A-Za-z0-9]", "_", input_name).upper()
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_problem() -> str:
+    """Empty when bubblewrap works here; otherwise why not. Checked once per process."""
+    forced = os.environ.get("COWFS_SANDBOX", "").lower()
+    if forced in ("none", "direct", "off"):
+        return "COWFS_SANDBOX=none"
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return "bubblewrap (bwrap) is not installed"
+    try:
+        r = subprocess.run(
+            [
+                exe,
+                "--ro-bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--unshare-net",
+                "--unshare-pid",
+                "--die-with-parent",
+                "true",
+            ],
+            capture_output=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"bwrap does not start: {e}"
+    if r.returncode != 0:
+        msg = r.stderr.decode(errors="replace").strip().splitlines()
+        return f"bwrap does not start here: {msg[-1] if msg else f'exit {r.returncode}'}"
+    return ""
+
+
+@functools.lru_cache(maxsize=4)
+def engine_problem(engine: str) -> str:
+    try:
+        r = subprocess.run([engine, "info"], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{engine} does not answer: {e}"
+    if r.returncode != 0:
+        lines = r.stderr.decode(errors="replace").strip().splitlines()
+        return f"{engine} is installed but not usable: {lines[-1] if lines else 'error'}"
+    return ""
+
+
+def choose(spec: PipelineSpec) -> Sandbox:
+    """The mode for this spec on this machine; raises when an image cannot run at all."""
+    if spec.transform.image:
+        installed = [e for e in _ENGINES if shutil.which(e)]
+        if not installed:
+            raise SandboxUnavailable(
+                f"pipeline {spec.name} runs image {spec.transform.image}, but neither podman "
+                "nor docker is installed on this machine: install one, or drop `image` to run "
+                "the command on the host"
+            )
+        problems = []
+        for engine in installed:
+            problem = engine_problem(engine)
+            if not problem:
+                return Sandbox(engine)
+            problems.append(problem)
+        raise SandboxUnavailable(
+            f"pipeline {spec.name} runs image {spec.transform.image}, but " + "; ".join(problems)
+        )
+    problem = bwrap_problem()
+    return Sandbox("direct", problem) if problem else Sandbox("bwrap")
+
+
+def _python_dirs() -> list[str]:
+    """What must be visible for `python3` and `import cowfs.pipelines.batch` to work."""
+    pkg_root = str(Path(cowfs.__file__).resolve().parent.parent)
+    dirs = {
+        sys.prefix,
+        sys.base_prefix,
+        str(Path(sys.executable).resolve().parent.parent),
+        pkg_root,
+    }
+    return sorted(d for d in dirs if not d.startswith("/usr/") and d != "/usr")
+
+
+def build(
+    sandbox: Sandbox,
+    spec: PipelineSpec,
+    workdir: Path,
+    input_names: list[str],
+    batch: bool,
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run the transform over `workdir/pfs`."""
+    t = spec.transform
+    pkg_root = str(Path(cowfs.__file__).resolve().parent.parent)
+    inside = sandbox.kind != "direct"
+    pfs = "/pfs" if inside else str(workdir / "pfs")
+    ctl = CTL_INSIDE if inside else str(workdir / "ctl")
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp" if inside else str(workdir / "home"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "PYTHONPATH": pkg_root,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PFS_OUT": f"{pfs}/out",
+        "PFS": pfs,
+        "COWFS_PIPELINE": spec.name,
+    }
+    for name in input_names:
+        env[env_name(name)] = f"{pfs}/{name}"
+    if batch:
+        env["COWFS_BATCH"] = "1"
+        env["COWFS_DONE"] = f"{ctl}/done"
+    if sandbox.kind in _ENGINES:
+        env.pop("PYTHONPATH")
+        env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    env.update(dict(t.env))
+    cmd = list(t.cmd)
+    if sandbox.kind == "direct":
+        (workdir / "home").mkdir(exist_ok=True)
+        return cmd, env
+    if sandbox.kind == "bwrap":
+        argv = ["bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid", "--unshare-ipc",
+                "--unshare-uts", "--new-session"]  # fmt: skip
+        for d in _HOST_DIRS:
+            if os.path.islink(d):
+                argv += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                argv += ["--ro-bind", d, d]
+        for d in _python_dirs():
+            argv += ["--ro-bind-try", d, d]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        argv += ["--ro-bind", str(workdir / "pfs"), "/pfs"]
+        argv += ["--bind", str(workdir / "pfs" / "out"), "/pfs/out"]
+        argv += ["--bind", str(workdir / "ctl"), CTL_INSIDE, "--chdir", "/pfs", "--clearenv"]
+        for k, v in env.items():
+            argv += ["--setenv", k, v]
+        return [*argv, "--", *cmd], {"PATH": env["PATH"]}
+    # podman / docker
+    argv = [sandbox.kind, "run", "--rm", "-i", "--network", "none", "-w", "/pfs"]
+    argv += ["-v", f"{workdir / 'pfs'}:/pfs:ro", "-v", f"{workdir / 'pfs' / 'out'}:/pfs/out"]
+    argv += ["-v", f"{workdir / 'ctl'}:{CTL_INSIDE}"]
+    res = spec.resources
+    if res.cpu:
+        argv += ["--cpus", str(res.cpu)]
+    if res.memory:
+        argv += ["--memory", str(res.memory)]
+    if res.gpu:
+        argv += ["--gpus", str(res.gpu)]
+    for k, v in env.items():
+        argv += ["-e", f"{k}={v}"]
+    return [*argv, spec.transform.image or "", *cmd], dict(os.environ)

@@ -1,0 +1,307 @@
+"""Datum planning, globbing, hashing, merging and spec validation: pure functions, no store."""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from cowfs.entries import Entry, EntryType
+from cowfs.pipelines import globs
+from cowfs.pipelines.datums import Datum, DatumFile, InputFile, datum_hash, plan, transform_hash
+from cowfs.pipelines.merge import Collision, merge
+from cowfs.pipelines.spec import Combo, PfsInput, SpecError, Transform, parse
+
+names = st.text(alphabet="abcxyz019-_", min_size=1, max_size=6)
+digests = st.text(alphabet="0123456789abcdef", min_size=4, max_size=8)
+
+
+@st.composite
+def flat_files(draw: st.DrawFn, min_size: int = 0) -> list[InputFile]:
+    paths = draw(st.lists(names, min_size=min_size, max_size=12, unique=True))
+    return sorted(InputFile(p, draw(digests)) for p in paths)
+
+
+@st.composite
+def nested_files(draw: st.DrawFn) -> list[InputFile]:
+    """A tree with directories listed before their contents, sorted by path as trees are."""
+    files = draw(st.lists(st.tuples(names, names), min_size=0, max_size=15, unique=True))
+    entries: dict[str, str] = {}
+    for d, f in files:
+        entries[d] = ""
+        entries[f"{d}/{f}.txt"] = draw(digests)
+    return sorted(InputFile(p, dg) for p, dg in entries.items())
+
+
+def pfs(name: str, glob: str = "/*", **kw: object) -> PfsInput:
+    return PfsInput(name=name, repo=name, glob=glob, **kw)  # type: ignore[arg-type]
+
+
+def paths_of(d: Datum) -> list[str]:
+    return [f.path for f in d.files]
+
+
+# --- globs ---------------------------------------------------------------------------------------
+
+segment = st.text(alphabet="ab*?", min_size=1, max_size=4)
+path_seg = st.text(alphabet="ab.", min_size=1, max_size=4)
+
+
+@given(st.lists(segment, min_size=1, max_size=3), st.lists(path_seg, min_size=1, max_size=3))
+def test_glob_matches_like_fnmatch_per_segment(pattern: list[str], path: list[str]) -> None:
+    """Without `**`, a glob matches exactly when every `/` segment matches on its own."""
+    assume(not any("**" in seg for seg in pattern))
+    glob = "/" + "/".join(pattern)
+    expected = len(pattern) == len(path) and all(
+        fnmatch.fnmatchcase(p, g) for p, g in zip(path, pattern)
+    )
+    assert bool(globs.compile_glob(glob).match("/".join(path))) == expected
+
+
+def test_glob_features() -> None:
+    rx = globs.compile_glob
+    assert rx("/**").match("a/b/c")
+    assert rx("/a/**/c").match("a/c") and rx("/a/**/c").match("a/x/y/c")
+    assert rx("/*.{csv,json}").match("x.json") and not rx("/*.{csv,json}").match("x.txt")
+    assert rx("/[ab]*").match("bee") and not rx("/[!ab]*").match("bee")
+    assert rx("/(*)-(*).txt").match("a-b.txt").groups() == ("a", "b")
+    assert globs.expand("$2_$1", ("a", "b")) == "b_a"
+    for bad in ("/(*", "/*)", "/[ab", "/{a,b"):
+        with pytest.raises(globs.GlobError):
+            globs.compile_glob(bad)
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+@given(flat_files())
+def test_star_glob_makes_one_datum_per_file(files: list[InputFile]) -> None:
+    datums = plan(pfs("in"), {"in": files})
+    assert sorted(paths_of(d)[0] for d in datums) == [f.path for f in files]
+    assert all(len(d.files) == 1 for d in datums)
+
+
+@given(nested_files())
+def test_directory_datum_holds_everything_beneath(files: list[InputFile]) -> None:
+    datums = plan(pfs("in"), {"in": files})
+    tops = sorted({f.path.split("/")[0] for f in files})
+    assert len(datums) == len(tops)
+    covered = sorted(p for d in datums for p in paths_of(d))
+    assert covered == sorted(f.path for f in files)
+    for d in datums:
+        top = d.files[0].path.split("/")[0]
+        assert all(p == top or p.startswith(top + "/") for p in paths_of(d))
+
+
+@given(nested_files())
+def test_root_glob_is_one_datum_and_double_star_sees_every_entry(files: list[InputFile]) -> None:
+    whole = plan(pfs("in", "/"), {"in": files})
+    assert len(whole) == (1 if files else 0)
+    every = plan(pfs("in", "/**"), {"in": files})
+    assert len(every) == len(files)
+
+
+@given(flat_files(), flat_files())
+def test_cross_is_the_product_and_union_the_sum(a: list[InputFile], b: list[InputFile]) -> None:
+    files = {"a": a, "b": b}
+    cross = plan(Combo("cross", (pfs("a"), pfs("b"))), files)
+    assert len(cross) == len(a) * len(b)
+    assert all({f.input for f in d.files} == {"a", "b"} for d in cross)
+    union = plan(Combo("union", (pfs("a"), pfs("b"))), files)
+    assert len(union) == len(a) + len(b)
+
+
+keys = st.sampled_from(["k1", "k2", "k3", "k4"])
+
+
+@st.composite
+def keyed_files(draw: st.DrawFn) -> list[InputFile]:
+    plain = st.text(alphabet="abcxyz019", min_size=1, max_size=4)
+    items = draw(st.lists(st.tuples(keys, plain), max_size=8, unique=True))
+    return sorted(InputFile(f"{k}-{n}.txt", draw(digests)) for k, n in items)
+
+
+def _key(path: str) -> str:
+    return path.split("-", 1)[0]
+
+
+@given(keyed_files(), keyed_files(), st.booleans())
+def test_join_pairs_files_with_equal_keys(
+    a: list[InputFile], b: list[InputFile], outer: bool
+) -> None:
+    node = Combo(
+        "join",
+        (
+            pfs("a", "/(*)-*.txt", join_on="$1", outer_join=outer),
+            pfs("b", "/(*)-*.txt", join_on="$1"),
+        ),
+    )
+    got = sorted(tuple((f.input, f.path) for f in d.files) for d in plan(node, {"a": a, "b": b}))
+    expected = set()
+    for fa, fb in itertools.product(a, b):
+        if _key(fa.path) == _key(fb.path):
+            expected.add((("a", fa.path), ("b", fb.path)))
+    if outer:
+        bkeys = {_key(f.path) for f in b}
+        expected |= {(("a", fa.path),) for fa in a if _key(fa.path) not in bkeys}
+    assert got == sorted(expected)
+
+
+@given(keyed_files(), keyed_files())
+def test_group_makes_one_datum_per_key(a: list[InputFile], b: list[InputFile]) -> None:
+    node = Combo(
+        "group", (pfs("a", "/(*)-*.txt", group_by="$1"), pfs("b", "/(*)-*.txt", group_by="$1"))
+    )
+    datums = plan(node, {"a": a, "b": b})
+    all_keys = {_key(f.path) for f in a + b}
+    assert len(datums) == len(all_keys)
+    for d in datums:
+        assert len({_key(f.path) for f in d.files}) == 1
+    assert sum(len(d.files) for d in datums) == len(a) + len(b)
+
+
+# --- hashing -------------------------------------------------------------------------------------
+
+
+@given(flat_files(min_size=1), st.data())
+def test_a_changed_file_changes_only_its_datum(files: list[InputFile], data: st.DataObject) -> None:
+    tid = transform_hash(Transform(("sh",)))
+    before = {datum_hash(tid, d) for d in plan(pfs("in"), {"in": files})}
+    i = data.draw(st.integers(0, len(files) - 1))
+    changed = list(files)
+    changed[i] = InputFile(files[i].path, files[i].digest + "ff")
+    after = {datum_hash(tid, d) for d in plan(pfs("in"), {"in": changed})}
+    assert len(before - after) == 1 and len(after - before) == 1
+
+
+@settings(max_examples=30)
+@given(flat_files(min_size=1))
+def test_transform_and_salt_change_every_hash(files: list[InputFile]) -> None:
+    datums = plan(pfs("in"), {"in": files})
+    t1 = transform_hash(Transform(("sh",), ("cp -r /pfs/in /pfs/out",)))
+    t2 = transform_hash(Transform(("sh",), ("cp -r /pfs/in /pfs/out ",)))
+    t3 = transform_hash(Transform(("sh",), ("cp -r /pfs/in /pfs/out",)), salt="again")
+    t4 = transform_hash(Transform(("sh",), ("cp -r /pfs/in /pfs/out",), (("A", "1"),)))
+    for d in datums:
+        assert len({datum_hash(t, d) for t in (t1, t2, t3, t4)}) == 4
+
+
+def test_hash_covers_path_and_input_name() -> None:
+    tid = transform_hash(Transform(("sh",)))
+    base = Datum((DatumFile("in", "a", "00"),))
+    assert datum_hash(tid, base) != datum_hash(tid, Datum((DatumFile("in", "b", "00"),)))
+    assert datum_hash(tid, base) != datum_hash(tid, Datum((DatumFile("in2", "a", "00"),)))
+
+
+# --- merging -------------------------------------------------------------------------------------
+
+
+def _f(path: str) -> Entry:
+    return Entry(path, EntryType.FILE, 0o644, 1)
+
+
+def _d(path: str) -> Entry:
+    return Entry(path, EntryType.DIR, 0o755)
+
+
+@given(st.dictionaries(st.text("abc", min_size=2, max_size=2), st.lists(names, max_size=4)))
+def test_merge_finds_every_path_written_twice(outputs: dict[str, list[str]]) -> None:
+    entries = {k: [_f(p) for p in dict.fromkeys(v)] for k, v in outputs.items()}
+    writers: dict[str, list[str]] = {}
+    for k, ps in entries.items():
+        for e in ps:
+            writers.setdefault(e.path, []).append(k)
+    dup = {p: w for p, w in writers.items() if len(w) > 1}
+    if dup:
+        with pytest.raises(Collision) as info:
+            merge(entries)
+        assert sorted([info.value.first, info.value.second]) == sorted(dup[info.value.path])[:2]
+    else:
+        assert set(merge(entries)) == set(writers)
+
+
+def test_merge_shares_directories_but_not_file_and_directory() -> None:
+    merged = merge({"a": [_d("res"), _f("res/1")], "b": [_d("res"), _f("res/2")]})
+    assert set(merged) == {"res", "res/1", "res/2"}
+    with pytest.raises(Collision) as info:
+        merge({"a": [_f("x")], "b": [_d("x"), _f("x/y")]})
+    assert (info.value.first, info.value.second, info.value.path) == ("a", "b", "x")
+
+
+# --- spec validation -----------------------------------------------------------------------------
+
+
+def test_spec_defaults_and_round_trip() -> None:
+    spec = parse(
+        {
+            "pipeline": "edges",
+            "input": {"pfs": {"repo": "images", "glob": "/*"}},
+            "transform": {"cmd": ["sh"], "stdin": "echo hi", "env": {"N": 3}},
+            "datum_timeout": "1m30s",
+            "resources": {"cpu": 2, "memory": "512Mi", "gpu": 1},
+        }
+    )
+    assert spec.input == PfsInput("images", "images", "main", "/*")
+    assert spec.transform.stdin == ("echo hi",) and dict(spec.transform.env) == {"N": "3"}
+    assert spec.datum_timeout == 90 and spec.datum_tries == 3 and spec.parallelism == 1
+    assert spec.resources.memory == 512 << 20
+    assert parse(spec.to_dict()) == spec
+
+
+def test_spec_errors_name_every_field_at_once() -> None:
+    with pytest.raises(SpecError) as info:
+        parse(
+            {
+                "pipeline": "bad name",
+                "input": {
+                    "cross": [
+                        {"pfs": {"repo": "a", "glob": "*"}},
+                        {"pfs": {"repo": "b", "glob": "/*", "join_on": "$1"}},
+                    ]
+                },
+                "trasnform": {"cmd": "echo"},
+                "parallelism": 0,
+                "datum_timeout": "soon",
+            }
+        )
+    text = str(info.value)
+    for expected in (
+        "pipeline: invalid name 'bad name'",
+        "input.cross[0].pfs.glob: must start with '/'",
+        "input.cross[1].pfs.join_on: only means something inside a join",
+        "trasnform: unknown field (did you mean 'transform'?)",
+        "transform: is required",
+        "parallelism: must be an integer >= 1",
+        "datum_timeout: must be seconds or a duration",
+    ):
+        assert expected in text, (expected, text)
+
+
+def test_join_needs_groups_and_unique_names() -> None:
+    with pytest.raises(SpecError) as info:
+        parse(
+            {
+                "pipeline": "j",
+                "input": {
+                    "join": [
+                        {"pfs": {"repo": "a", "glob": "/*", "join_on": "$1"}},
+                        {"pfs": {"repo": "a", "glob": "/(*)", "join_on": "$2"}},
+                    ]
+                },
+                "transform": {"cmd": ["true"]},
+            }
+        )
+    text = str(info.value)
+    assert "has no capture groups" in text
+    assert "names a group the glob does not have" in text
+    with pytest.raises(SpecError, match="two inputs are named 'a'"):
+        parse(
+            {
+                "pipeline": "c",
+                "input": {"cross": [{"pfs": {"repo": "a", "glob": "/*"}}] * 2},
+                "transform": {"cmd": ["true"]},
+            }
+        )

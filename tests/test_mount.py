@@ -1,0 +1,407 @@
+"""The mount, for real: ordinary tools and Python file I/O against a mounted lake, over the local
+store and over SeaweedFS."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.mount import is_mounted
+from tests.mountutil import MountedLake, wait_for
+
+pytestmark = pytest.mark.mount
+
+
+@pytest.fixture(params=["local", "s3"])
+def ml(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MountedLake]:
+    url = str(tmp_path / "store") if request.param == "local" else request.getfixturevalue("s3_url")
+    m = MountedLake(tmp_path, url)
+    m.cli("init")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[MountedLake]:
+    m = MountedLake(tmp_path, str(tmp_path / "store"))
+    m.cli("init")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    """A small data set: packed small files, a multi-chunk file, nesting, odd names."""
+    files = {
+        "cats/a.jpg": b"cat a" * 100,
+        "cats/b.jpg": os.urandom(20_000),
+        "dogs/deep/er/c.txt": b"deep\n",
+        "big.bin": os.urandom(5 << 20),
+        "ünïcödé name ✓.txt": b"utf-8 names work\n",
+        "empty.txt": b"",
+    }
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    np.save(root / "x.npy", np.arange(100_000, dtype=np.float32))
+    files["x.npy"] = (root / "x.npy").read_bytes()
+    return files
+
+
+def put_tree(m: MountedLake, repo: str = "images") -> tuple[str, dict[str, bytes]]:
+    src = m.root / f"src-{repo}"
+    files = make_tree(src)
+    m.cli("repo", "create", repo)
+    cid = m.cli("put", f"{repo}@main", str(src), "-m", "first").strip()
+    return cid, files
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_read_views(ml: MountedLake) -> None:
+    cid, files = put_tree(ml)
+    ml.mount()
+    mnt = ml.mnt
+    assert sorted(os.listdir(mnt)) == [".ids", "images"]
+    assert os.listdir(mnt / "images") == ["main"]
+    for rel, data in files.items():
+        assert (mnt / "images/main" / rel).read_bytes() == data, rel
+    # sha256sum over the branch and cp -r of the commit, with ordinary tools.
+    out = ml.sh("sha256sum images/main/cats/*.jpg").stdout.decode().split("\n")
+    assert out[0].split()[0] == sha(files["cats/a.jpg"])
+    ml.sh(f"cp -r images/@{cid}/ {ml.root}/old")
+    for rel, data in files.items():
+        assert (ml.root / "old" / rel).read_bytes() == data
+    # Commit ids resolve on lookup (also by unique prefix) but are never listed.
+    assert (mnt / f"images/@{cid[:8]}/big.bin").read_bytes() == files["big.bin"]
+    assert f"@{cid}" not in os.listdir(mnt / "images")
+    # find and tar see every file.
+    found = ml.sh("find images/main -type f").stdout.decode().split("\n")
+    assert sorted(f for f in found if f) == sorted(f"images/main/{r}" for r in files)
+    tar = ml.sh("tar cf - images/main | wc -c").stdout.decode()
+    assert int(tar) > sum(len(d) for d in files.values())
+    # Which commit am I looking at.
+    attr = ml.sh("getfattr --only-values -n user.cowfs.commit images/main").stdout.decode()
+    assert attr == cid
+    assert os.getxattr(mnt / "images/main/cats/a.jpg", "user.cowfs.commit").decode() == cid
+    # numpy memory-maps a file under the mount.
+    arr = np.load(mnt / "images/main/x.npy", mmap_mode="r")
+    assert arr.shape == (100_000,) and float(arr[99_999]) == 99_999.0
+    # One global ID across repos.
+    gid = os.getxattr(mnt / "images/main", "user.cowfs.global_id").decode()
+    assert os.listdir(mnt / ".ids" / gid) == ["images"]
+    assert (mnt / ".ids" / gid / "images/cats/a.jpg").read_bytes() == files["cats/a.jpg"]
+    # Sane ownership and permissions.
+    st = os.stat(mnt / "images/main/big.bin")
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    assert st.st_mode & 0o400 and st.st_size == len(files["big.bin"])
+
+
+def test_random_reads_fetch_what_they_touch(local: MountedLake) -> None:
+    _, files = put_tree(local)
+    local.mount()
+    big = files["big.bin"]
+    with open(local.mnt / "images/main/big.bin", "rb", buffering=0) as f:
+        for off in (4_000_000, 17, 2_500_000, len(big) - 10):
+            f.seek(off)
+            assert f.read(1000) == big[off : off + 1000]
+
+
+def test_branch_follows_head(ml: MountedLake) -> None:
+    cid, files = put_tree(ml)
+    ml.mount()
+    main = ml.mnt / "images/main"
+    old = open(main / "cats/a.jpg", "rb")  # noqa: SIM115 - held across the head move
+    assert "new.txt" not in os.listdir(main)
+    src = ml.root / "src-images"
+    (src / "new.txt").write_bytes(b"new")
+    (src / "cats/a.jpg").write_bytes(b"changed")
+    new = ml.cli("put", "images@main", str(src), "-m", "second").strip()
+    assert new != cid
+    assert wait_for(lambda: "new.txt" in os.listdir(main), timeout=5)
+    assert (main / "cats/a.jpg").read_bytes() == b"changed"
+    assert os.getxattr(main, "user.cowfs.commit").decode() == new
+    # The open handle keeps reading the commit it was opened on.
+    assert old.read() == files["cats/a.jpg"]
+    old.close()
+    assert (ml.mnt / f"images/@{cid}/cats/a.jpg").read_bytes() == files["cats/a.jpg"]
+
+
+def test_write_and_commit(ml: MountedLake) -> None:
+    cid, files = put_tree(ml)
+    ml.mount()
+    main = ml.mnt / "images/main"
+    with pytest.raises(OSError) as e:
+        (main / "nope.txt").write_bytes(b"x")
+    assert e.value.errno == errno.EROFS
+    ml.cli("write", "images@main")
+    assert wait_for(lambda: os.getxattr(main, "user.cowfs.writable") == b"1")
+    new_src = ml.root / "new.jpg"
+    new_src.write_bytes(os.urandom(3000))
+    ml.sh(f"cp {new_src} images/main/cats/")
+    ml.sh("rm images/main/cats/a.jpg")
+    ml.sh("mv images/main/dogs images/main/hounds")
+    ml.sh("mv images/main/empty.txt images/main/was-empty.txt")
+    os.mkdir(main / "made")
+    os.mkdir(main / "made/empty-inside")
+    os.symlink("cats/b.jpg", main / "link")
+    with open(main / "big.bin", "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"EDIT" * 1000)
+    os.truncate(main / "x.npy", 100)
+    os.chmod(main / "cats/b.jpg", 0o600)
+    os.utime(main / "hounds/deep/er/c.txt", ns=(1_000_000_000, 1_000_000_000))
+    (main / "ünïcödé name ✓.txt").write_bytes(b"rewritten")
+    # Before the commit the mount shows the staged state, the commit is untouched.
+    assert sorted(os.listdir(main / "cats")) == ["b.jpg", "new.jpg"]
+    assert os.readlink(main / "link") == "cats/b.jpg"
+    assert (main / "link").read_bytes() == files["cats/b.jpg"]
+    assert (ml.mnt / f"images/@{cid}/cats/a.jpg").exists()
+    new = ml.cli("commit", "images@main", "-m", "relabel").strip()
+    assert new and new != cid
+    assert wait_for(lambda: os.getxattr(main, "user.cowfs.commit").decode() == new)
+    assert os.getxattr(main, "user.cowfs.writable") == b"0"
+    lake = ml.lake()
+    c = lake.get_commit("images", new)
+    paths = {e.path: e for e in lake.walk(c)}
+    assert "cats/a.jpg" not in paths and "dogs" not in paths
+    assert paths["hounds/deep/er/c.txt"].mtime_ns == 1_000_000_000
+    assert paths["made/empty-inside"].is_dir
+    assert paths["link"].target == "cats/b.jpg"
+    assert paths["cats/b.jpg"].mode & 0o777 == 0o600
+    assert paths["x.npy"].size == 100
+    expect = bytearray(files["big.bin"])
+    expect[1 << 20 : (1 << 20) + 4000] = b"EDIT" * 1000
+    assert (main / "big.bin").read_bytes() == bytes(expect)
+    assert hashlib.sha256(
+        b"".join(
+            lake.store.get_chunk(r.id)[r.offset : r.offset + r.length]
+            for r in paths["big.bin"].chunks
+        )
+    ).hexdigest() == sha(bytes(expect))
+    assert (main / "was-empty.txt").read_bytes() == b""
+    assert (main / "cats/new.jpg").read_bytes() == new_src.read_bytes()
+    assert (main / "ünïcödé name ✓.txt").read_bytes() == b"rewritten"
+    # Reading the new head without the mount gives the same bytes.
+    ml.cli("get", "images@main", str(ml.root / "restored"))
+    assert (ml.root / "restored/big.bin").read_bytes() == bytes(expect)
+    assert (ml.root / "restored/made/empty-inside").is_dir()
+
+
+def test_errnos(ml: MountedLake) -> None:
+    cid, _ = put_tree(ml)
+    put_tree(ml, "other")
+    ml.mount()
+    mnt = ml.mnt
+    view = mnt / f"images/@{cid}"
+
+    def errno_of(fn, *args) -> int:  # noqa: ANN001
+        try:
+            fn(*args)
+        except OSError as e:
+            return e.errno
+        return 0
+
+    assert errno_of(open, view / "cats/a.jpg", "r+b") == errno.EROFS
+    assert errno_of(os.mkdir, view / "d") == errno.EROFS
+    assert errno_of(os.unlink, view / "cats/a.jpg") == errno.EROFS
+    assert errno_of(os.mkdir, mnt / "newrepo") == errno.EROFS
+    assert errno_of(os.stat, mnt / "images/main/missing") == errno.ENOENT
+    assert errno_of(os.stat, mnt / "no-such-repo") == errno.ENOENT
+    assert errno_of(os.stat, mnt / "bad name!") == errno.ENOENT
+    assert errno_of(os.stat, mnt / "images/@ffffffffffff") == errno.ENOENT
+    assert errno_of(os.stat, mnt / "images/@x y") == errno.ENOENT
+    assert errno_of(os.stat, mnt / ".ids/nope") == errno.ENOENT
+    assert errno_of(os.listdir, mnt / "images/main/big.bin") == errno.ENOTDIR
+    assert errno_of(os.getxattr, view, "user.nope") == errno.ENODATA
+    assert errno_of(os.setxattr, view, "user.x", b"1") == errno.EROFS
+    ml.cli("write", "images@main")
+    ml.cli("write", "other@main")
+    main = mnt / "images/main"
+    assert wait_for(lambda: os.getxattr(main, "user.cowfs.writable") == b"1")
+    assert errno_of(os.rename, main / "big.bin", mnt / "other/main/big2.bin") == errno.EXDEV
+    assert errno_of(os.rename, main / "big.bin", view / "big2.bin") == errno.EXDEV
+    assert errno_of(os.link, main / "big.bin", main / "hard") == errno.ENOTSUP
+    assert errno_of(os.setxattr, main / "big.bin", "user.x", b"1") == errno.ENOTSUP
+    assert errno_of(os.mkfifo, main / "fifo") == errno.ENOTSUP
+    assert errno_of(os.rmdir, main / "cats") == errno.ENOTEMPTY
+    assert errno_of(os.mkdir, main / "cats") == errno.EEXIST
+    assert errno_of(os.unlink, main / "missing") == errno.ENOENT
+    assert errno_of(open, main / "missing/x", "wb") == errno.ENOENT
+    # The mv tool falls back to copy + delete on EXDEV: the delete in a commit view is EROFS.
+    r = ml.sh(f"mv images/@{cid}/cats/a.jpg other/main/", check=False)
+    assert r.returncode != 0 and b"Read-only" in r.stderr
+    # After all of that the mount still answers.
+    assert (main / "cats/a.jpg").exists()
+
+
+def test_kill9_keeps_staged_writes(ml: MountedLake) -> None:
+    put_tree(ml)
+    ml.mount()
+    main = ml.mnt / "images/main"
+    ml.cli("write", "images@main")
+    assert wait_for(lambda: os.getxattr(main, "user.cowfs.writable") == b"1")
+    (main / "staged.txt").write_bytes(b"survives")
+    with open(main / "big.bin", "r+b") as f:
+        f.seek(100)
+        f.write(b"patched")
+    os.mkdir(main / "newdir")
+    ml.kill9()
+    assert not is_mounted(str(ml.mnt))
+    ml.mount()
+    assert (main / "staged.txt").read_bytes() == b"survives"
+    assert (main / "big.bin").read_bytes()[100:107] == b"patched"
+    cid = ml.cli("commit", "images@main", "-m", "after crash").strip()
+    assert wait_for(lambda: os.getxattr(main, "user.cowfs.commit").decode() == cid)
+    assert (main / "staged.txt").read_bytes() == b"survives"
+    assert (main / "newdir").is_dir()
+
+
+def test_commit_without_mount(local: MountedLake) -> None:
+    put_tree(local)
+    local.mount()
+    main = local.mnt / "images/main"
+    local.cli("write", "images@main")
+    assert wait_for(lambda: os.getxattr(main, "user.cowfs.writable") == b"1")
+    (main / "offline.txt").write_bytes(b"committed by the CLI alone")
+    local.unmount()
+    cid = local.cli("commit", "images@main", "-m", "no mount").strip()
+    lake = local.lake()
+    assert lake.head_id("images", "main") == cid
+    assert lake.lookup(lake.get_commit("images", cid), "offline.txt").size == 26
+    # A write opened without a mount shows up writable at the next mount.
+    local.cli("write", "images@main")
+    local.mount()
+    (main / "second.txt").write_bytes(b"2")
+    local.cli("commit", "images@main", "-m", "two")
+    assert wait_for(lambda: (local.mnt / "images/main/second.txt").exists())
+
+
+def _chunk_bytes(m: MountedLake) -> int:
+    return sum(size for _, size in m.lake().objects.list("chunks/"))
+
+
+def test_editing_a_big_file_stores_little(local: MountedLake) -> None:
+    local.cli("repo", "create", "big")
+    src = local.root / "src"
+    src.mkdir()
+    data = os.urandom(64 << 20)
+    (src / "f.bin").write_bytes(data)
+    local.cli("put", "big@main", str(src))
+    before = _chunk_bytes(local)
+    local.mount()
+    local.cli("write", "big@main")
+    f = local.mnt / "big/main/f.bin"
+    assert wait_for(lambda: os.getxattr(f.parent, "user.cowfs.writable") == b"1")
+    patch = os.urandom(1 << 20)
+    with open(f, "r+b") as fh:
+        fh.seek(30 << 20)
+        fh.write(patch)
+    local.cli("commit", "big@main", "-m", "1 MiB edit")
+    grown = _chunk_bytes(local) - before
+    # The edit plus the chunks it falls into, not the 64 MiB file.
+    assert grown < 8 << 20, grown
+    expect = data[: 30 << 20] + patch + data[(31 << 20) :]
+    got = f.read_bytes()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(expect).digest()
+
+
+def test_sigterm_unmounts(local: MountedLake) -> None:
+    put_tree(local)
+    local.mount()
+    assert local.proc is not None
+    local.proc.send_signal(signal.SIGTERM)
+    assert local.proc.wait(timeout=15) == 0
+    local.proc = None
+    assert not is_mounted(str(local.mnt))
+
+
+def test_background_and_umount(local: MountedLake) -> None:
+    put_tree(local)
+    out = subprocess.run(
+        [sys.executable, "-m", "cowfs.cli.main", "mount", "--background", str(local.mnt)],
+        env=local.env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert is_mounted(str(local.mnt))
+    assert (local.mnt / "images/main/cats/a.jpg").exists()
+    local.cli("umount", str(local.mnt))
+    assert not is_mounted(str(local.mnt))
+
+
+def test_serve_mount_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve_mount` runs inside another trio program (as `cowfs daemon` does) and counts."""
+    import threading
+
+    import trio
+    from prometheus_client import REGISTRY
+
+    from cowfs.lake import Lake
+    from daemon.mount import serve_mount
+
+    monkeypatch.setenv("COWFS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("COWFS_STATE_DIR", str(tmp_path / "state"))
+    lake = Lake.open(str(tmp_path / "store"), create=True)
+    lake.create_repo("r")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    started = threading.Event()
+    token: list = []
+
+    async def main() -> None:
+        token.append(trio.lowlevel.current_trio_token())
+        async with trio.open_nursery() as n:
+            await n.start(serve_mount, lake, str(mnt))
+            started.set()
+
+    t = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    t.start()
+    try:
+        assert started.wait(20)
+
+        def count(op: str) -> float:
+            v = REGISTRY.get_sample_value("cowfs_fuse_operations_total", {"op": op})
+            return v or 0.0
+
+        before = count("readdir")
+        assert os.listdir(mnt) == [".ids", "r"]
+        assert os.path.isdir(mnt / "r")
+        assert count("readdir") > before
+        assert REGISTRY.get_sample_value("cowfs_fuse_operation_seconds_count", {"op": "readdir"})
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        t.join(15)
+        if is_mounted(str(mnt)):
+            subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+        lake.close()
+    assert not t.is_alive()
+
+
+def test_status_over_control_channel(local: MountedLake) -> None:
+    put_tree(local)
+    local.mount()
+    from daemon.control import call, mounts_of
+
+    os.environ["COWFS_STATE_DIR"] = str(local.root / "state")
+    mounts = mounts_of(local.lake().url)
+    assert len(mounts) == 1
+    status = call(mounts[0]["socket"], {"op": "status"})
+    assert status["ok"] and status["writes"] == []
+    assert not call(mounts[0]["socket"], {"op": "bogus"})["ok"]

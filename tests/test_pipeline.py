@@ -1,0 +1,392 @@
+"""Real pipelines through the `cowfs` command line, without a daemon (`cowfs pipeline run`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.lakeenv import LakeEnv, make_env
+
+N = 200
+
+COPY_UPPER = 'for f in /pfs/in/*; do tr a-z A-Z < "$f" > /pfs/out/"$(basename "$f")"; done'
+BATCH_PY = """
+from cowfs.pipelines import batch
+for d in batch.datums():
+    for f in d.inputs["in"].iterdir():
+        (d.out / f.name).write_text(f.read_text()[::-1])
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> LakeEnv:
+    e = make_env(tmp_path, None)
+    e.run("init")
+    return e
+
+
+def spec(name: str = "up", repo: str = "data", **extra: object) -> dict:
+    s: dict = {
+        "pipeline": name,
+        "input": {"pfs": {"repo": repo, "glob": "/*", "name": "in"}},
+        "transform": {"cmd": ["sh"], "stdin": [COPY_UPPER]},
+        "parallelism": 2,
+    }
+    s.update(extra)
+    return s
+
+
+def write_spec(env: LakeEnv, data: dict, name: str = "spec.json") -> str:
+    path = env.root / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def make_files(d: Path, n: int, prefix: str = "f") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (d / f"{prefix}{i:04d}.txt").write_text(f"file number {i}\n")
+    return d
+
+
+def put(env: LakeEnv, target: str, src: Path) -> str:
+    return env.out("put", target, str(src)).strip()
+
+
+def run(env: LakeEnv, name: str) -> dict:
+    return json.loads(env.run("pipeline", "run", name, "--json").stdout)
+
+
+def run_fails(env: LakeEnv, name: str) -> dict:
+    proc = env.run("pipeline", "run", name, "--json", ok=False)
+    assert proc.returncode == 1, proc.stderr.decode()
+    return json.loads(proc.stdout)
+
+
+def test_incremental_jobs_skip_unchanged_datums(env: LakeEnv) -> None:
+    src = make_files(env.root / "src", N)
+    env.run("repo", "create", "data")
+    gid = put(env, "data@main", src)
+    env.run("pipeline", "create", "-f", write_spec(env, spec()))
+
+    job = run(env, "up")
+    assert (job["state"], job["processed"], job["skipped"], job["total"]) == ("success", N, 0, N)
+    assert env.out("cat", "up@main:/f0007.txt") == "FILE NUMBER 7\n"
+    assert len(env.json("ls", "up@main")) == N
+    # The output commit carries the input's global ID and provenance.
+    together = env.json("inspect", gid)["commits"]
+    assert sorted(c["repo"] for c in together) == ["data", "up"]
+    out = next(c for c in together if c["repo"] == "up")
+    assert out["origin"] == "pipeline" and out["provenance"][0]["repo"] == "data"
+
+    (src / "new.txt").write_text("brand new\n")
+    put(env, "data@main", src)
+    job = run(env, "up")
+    assert (job["processed"], job["skipped"]) == (1, N)
+    assert env.out("cat", "up@main:/new.txt") == "BRAND NEW\n"
+    rows = env.json("datum", "list", job["id"])
+    assert [r["state"] for r in rows].count("processed") == 1
+    assert next(r for r in rows if r["state"] == "processed")["inputs"] == "in:/new.txt"
+
+    (src / "f0003.txt").unlink()
+    put(env, "data@main", src)
+    job = run(env, "up")
+    assert (job["processed"], job["skipped"]) == (0, N)
+    names = {e["name"] for e in env.json("ls", "up@main")}
+    assert "f0003.txt" not in names and len(names) == N
+
+    # A changed transform reprocesses everything (batching, one Python process per worker).
+    batched = spec(transform={"cmd": ["python3", "-c", BATCH_PY]}, datum_batching=True)
+    env.run("pipeline", "update", "-f", write_spec(env, batched))
+    job = run(env, "up")
+    assert (job["processed"], job["skipped"]) == (N, 0)
+    assert env.out("cat", "up@main:/f0007.txt") == "\n7 rebmun elif"
+
+    # Same spec again: nothing to do; with --reprocess: everything again.
+    env.run("pipeline", "update", "-f", write_spec(env, batched))
+    assert run(env, "up")["processed"] == 0
+    env.run("pipeline", "update", "-f", write_spec(env, batched), "--reprocess")
+    job = run(env, "up")
+    assert (job["processed"], job["skipped"]) == (N, 0)
+
+    jobs = env.json("job", "list", "--pipeline", "up")
+    assert len(jobs) == 6 and all(j["state"] == "success" for j in jobs)
+    assert [j["processed"] for j in jobs] == [N, 0, N, 0, 1, N]  # newest first
+
+
+def test_failing_datum_is_retried_then_fails_the_job_without_moving_the_branch(
+    env: LakeEnv,
+) -> None:
+    src = make_files(env.root / "src", 3)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    script = (
+        'for f in /pfs/in/*; do if grep -q bad "$f"; then echo "boom on $(basename $f)" >&2; '
+        'exit 3; fi; cp "$f" /pfs/out/; done'
+    )
+    env.run(
+        "pipeline",
+        "create",
+        "-f",
+        write_spec(env, spec(transform={"cmd": ["sh"], "stdin": [script]}, datum_tries=2)),
+    )
+    good = run(env, "up")
+    head = env.json("log", "up@main")[0]["id"]
+    assert head == good["output_commit"]
+
+    (src / "zz.txt").write_text("bad\n")
+    gid = put(env, "data@main", src)
+    job = run_fails(env, "up")
+    assert job["state"] == "failed" and job["failed"] == 1
+    assert "failed after 2 tries: exited with status 3" in job["error"]
+    assert "boom on zz.txt" in job["error"] and "in:/zz.txt" in job["error"]
+    # The branch did not move; the failed commit is recorded under the global ID.
+    assert env.json("log", "up@main")[0]["id"] == head
+    failed = [c for c in env.json("inspect", gid)["commits"] if c["repo"] == "up"]
+    assert len(failed) == 1 and failed[0]["state"] == "failed"
+    assert "boom on zz.txt" in failed[0]["error"]
+    assert failed[0]["extra"]["log"].startswith(f"logs/up/{job['id']}/")
+    # The log has both tries; the datum list names the failure.
+    log = env.out("logs", job["id"])
+    assert log.count("boom on zz.txt") == 2 and "try 2 failed" in log
+    rows = env.json("datum", "list", job["id"])
+    bad = [r for r in rows if r["state"] == "failed"]
+    assert len(bad) == 1 and bad[0]["inputs"] == "in:/zz.txt" and bad[0]["tries"] == 2
+    only = env.out("logs", job["id"], "--datum", bad[0]["id"][:10])
+    assert "boom on zz.txt" in only
+    # `wait` reports the failure with exit status 1.
+    proc = env.run("wait", gid, "--timeout", "10", ok=False)
+    assert proc.returncode == 1 and "failed" in proc.stdout.decode()
+
+
+def test_two_datums_writing_one_path_fail_naming_both(env: LakeEnv) -> None:
+    src = make_files(env.root / "src", 2)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    clash = {"cmd": ["sh"], "stdin": ["cat /pfs/in/* > /pfs/out/same.txt"]}
+    env.run("pipeline", "create", "-f", write_spec(env, spec(transform=clash)))
+    job = run_fails(env, "up")
+    ids = [r["id"][:12] for r in env.json("datum", "list", job["id"])]
+    assert len(ids) == 2
+    assert "both write /same.txt" in job["error"]
+    assert all(i in job["error"] for i in ids)
+    assert "in:/f0000.txt" in job["error"] and "in:/f0001.txt" in job["error"]
+    assert env.run("log", "up@main", ok=False).returncode != 0  # branch never created
+
+
+SANDBOX_CHECK = """
+import os, socket, sys
+out = os.environ["PFS_OUT"]
+res = {"in_env": os.environ["PFS_IN"], "out_env": out, "cwd": os.getcwd()}
+try:
+    open(os.path.join(os.environ["PFS_IN"], "x"), "w")
+    res["input_writable"] = True
+except OSError:
+    res["input_writable"] = False
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=1)
+    res["network"] = True
+except OSError:
+    res["network"] = False
+res["sees_input"] = sorted(os.listdir(os.environ["PFS_IN"]))
+open(os.path.join(out, "res.json"), "w").write(__import__("json").dumps(res))
+"""
+
+
+def test_bubblewrap_view_and_the_direct_fallback(env: LakeEnv) -> None:
+    src = make_files(env.root / "src", 1)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    check = spec(transform={"cmd": ["python3", "-c", SANDBOX_CHECK]})
+    check["input"]["pfs"]["glob"] = "/"
+    env.run("pipeline", "create", "-f", write_spec(env, check))
+    proc = env.run("pipeline", "run", "up")
+    assert b"without a sandbox" not in proc.stderr
+    res = json.loads(env.out("cat", "up@main:/res.json"))
+    assert res == {
+        "in_env": "/pfs/in",
+        "out_env": "/pfs/out",
+        "cwd": "/pfs",
+        "input_writable": False,
+        "network": False,
+        "sees_input": ["f0000.txt"],
+    }
+
+    env.env["COWFS_SANDBOX"] = "none"
+    env.run("pipeline", "update", "-f", write_spec(env, check), "--reprocess")
+    proc = env.run("pipeline", "run", "up")
+    assert b"running transforms without a sandbox (COWFS_SANDBOX=none)" in proc.stderr
+    res = json.loads(env.out("cat", "up@main:/res.json"))
+    assert res["in_env"].endswith("/pfs/in") and res["in_env"] != "/pfs/in"
+    assert res["out_env"].endswith("/pfs/out") and "f0000.txt" in res["sees_input"]
+
+
+def test_image_needs_podman_or_docker(env: LakeEnv) -> None:
+    src = make_files(env.root / "src", 1)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    bin_dir = env.root / "bin"
+    bin_dir.mkdir()
+    env.env["PATH"] = str(bin_dir)
+    with_image = spec(transform={"cmd": ["sh", "-c", "true"], "image": "alpine:3"})
+    proc = env.run("pipeline", "create", "-f", write_spec(env, with_image))
+    assert b"neither podman nor docker is installed" in proc.stderr
+    job = run_fails(env, "up")
+    assert "neither podman nor docker is installed" in job["error"]
+
+    fake = bin_dir / "docker"
+    fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    job = run_fails(env, "up")
+    assert "docker is installed but not usable: Cannot connect to the Docker daemon" in job["error"]
+
+
+def test_batching_uses_few_processes_and_timeouts_fail(env: LakeEnv) -> None:
+    src = make_files(env.root / "src", 60)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    code = """
+import uuid
+from cowfs.pipelines import batch
+me = uuid.uuid4().hex
+for d in batch.datums():
+    for f in d.inputs["in"].iterdir():
+        (d.out / f.name).write_text(me)
+"""
+    env.run(
+        "pipeline",
+        "create",
+        "-f",
+        write_spec(env, spec(transform={"cmd": ["python3", "-c", code]}, datum_batching=True)),
+    )
+    job = run(env, "up")
+    assert job["processed"] == 60
+    tokens = {env.out("cat", f"up@main:/f{i:04d}.txt") for i in range(0, 60, 7)}
+    assert 1 <= len(tokens) <= 2  # parallelism 2: at most two interpreters for 60 datums
+
+    slow = spec(
+        transform={"cmd": ["sh"], "stdin": ["sleep 5"]}, datum_timeout="0.5s", datum_tries=1
+    )
+    env.run("pipeline", "update", "-f", write_spec(env, slow))
+    job = run_fails(env, "up")
+    assert "timed out after 0.5 s (datum_timeout)" in job["error"]
+
+
+def test_chain_lineage_and_global_id(env: LakeEnv) -> None:
+    src = make_files(env.root / "src", 4)
+    env.run("repo", "create", "data")
+    gid = put(env, "data@main", src)
+    env.run("pipeline", "create", "-f", write_spec(env, spec()))
+    count = spec(
+        "count",
+        "up",
+        transform={"cmd": ["sh"], "stdin": ["ls /pfs/in | wc -l > /pfs/out/n"]},
+    )
+    count["input"]["pfs"]["glob"] = "/"
+    env.run("pipeline", "create", "-f", write_spec(env, count, "count.json"))
+    run(env, "up")
+    run(env, "count")
+    assert env.out("cat", "count@main:/n").strip() == "4"
+    assert sorted(c["repo"] for c in env.json("inspect", gid)["commits"]) == [
+        "count",
+        "data",
+        "up",
+    ]
+    env.run("wait", gid, "--timeout", "10")
+
+    up = env.json("lineage", "count@main", "--upstream")["upstream"]
+    assert [(s["repo"], s["depth"]) for s in up] == [("up", 1), ("data", 2)]
+    assert up[1]["commit"] == gid
+    down = env.json("lineage", f"data@{gid}", "--downstream")["downstream"]
+    assert [(s["repo"], s["depth"]) for s in down] == [("up", 1), ("count", 2)]
+    text = env.out("lineage", "up@main")
+    assert "upstream:" in text and "downstream:" in text and "count@" in text
+
+    listed = {p["name"]: p for p in env.json("pipeline", "list")}
+    assert listed["count"]["inputs"] == ["up@main:/"] and listed["up"]["state"] == "success"
+    assert env.json("pipeline", "inspect", "count")["spec"]["input"]["pfs"]["repo"] == "up"
+
+
+def test_specs_are_validated_with_clear_messages(env: LakeEnv) -> None:
+    env.run("repo", "create", "data")
+    bad = env.root / "bad.yaml"
+    bad.write_text(
+        "pipeline: up\ninput:\n  pfs: {repo: data, glob: '*'}\n"
+        "transform: {cmd: echo hi}\nparalelism: 2\n"
+    )
+    code, err = env.fail("pipeline", "create", "-f", str(bad))
+    assert code == 2
+    for expected in (
+        "input.pfs.glob: must start with '/'",
+        "transform.cmd: must be a non-empty list of strings",
+        "paralelism: unknown field (did you mean 'parallelism'?)",
+    ):
+        assert expected in err
+    code, err = env.fail("pipeline", "create", "-f", write_spec(env, spec(repo="nope")))
+    assert "reads repo(s) that do not exist: nope" in err
+    env.run("pipeline", "create", "-f", write_spec(env, spec()))
+    code, err = env.fail("pipeline", "create", "-f", write_spec(env, spec()))
+    assert "pipeline up exists: use `cowfs pipeline update`" in err
+    code, err = env.fail("pipeline", "run", "up")
+    assert "has no input commits yet" in err
+    env.run("pipeline", "delete", "up")
+    assert env.json("pipeline", "list") == []
+    assert [r["name"] for r in env.json("repo", "list")] == ["data"]
+
+
+@pytest.mark.s3
+def test_pipeline_run_over_s3(tmp_path: Path, s3_url: str) -> None:
+    env = make_env(tmp_path, s3_url)
+    env.env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
+    env.run("init")
+    src = make_files(tmp_path / "src", 20)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    env.run("pipeline", "create", "-f", write_spec(env, spec()))
+    assert run(env, "up")["processed"] == 20
+    (src / "f0001.txt").write_text("changed\n")
+    put(env, "data@main", src)
+    job = run(env, "up")
+    assert (job["processed"], job["skipped"]) == (1, 19)
+    assert env.out("cat", "up@main:/f0001.txt") == "CHANGED\n"
+
+
+def test_incremental_job_checks_new_outputs_against_kept_ones(env: LakeEnv) -> None:
+    src = env.root / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("one")
+    (src / "b.txt").write_text("two")
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    by_content = (
+        'for f in /pfs/in/*; do n=$(cat "$f"); mkdir -p /pfs/out/res/$n; '
+        'cp "$f" /pfs/out/res/$n/copy; done'
+    )
+    env.run(
+        "pipeline",
+        "create",
+        "-f",
+        write_spec(env, spec(transform={"cmd": ["sh"], "stdin": [by_content]})),
+    )
+    run(env, "up")
+    assert env.out("cat", "up@main:/res/one/copy") == "one"
+
+    # A new datum writing what a kept datum wrote: the job fails naming both.
+    (src / "c.txt").write_text("one")
+    put(env, "data@main", src)
+    job = run_fails(env, "up")
+    assert "both write /res/one/copy" in job["error"]
+    assert "in:/a.txt" in job["error"] and "in:/c.txt" in job["error"]
+
+    # Deleting an input removes its output, directories it alone made included.
+    (src / "c.txt").unlink()
+    (src / "b.txt").unlink()
+    put(env, "data@main", src)
+    job = run(env, "up")
+    assert (job["processed"], job["skipped"]) == (0, 1)
+    paths = sorted(e["path"] for e in env.json("ls", "-r", "up@main"))
+    assert paths == ["/res", "/res/one", "/res/one/copy"]
