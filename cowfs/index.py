@@ -5,8 +5,9 @@ the worst that happens is slower reads and a `put` that re-reads files it could 
 So LMDB runs with sync off, trading durability (not needed) for speed.
 
 Databases:
-- `blobs`: object key -> plain bytes (tree nodes, commit records, chunks of remote stores), with a
-  size cap enforced by evicting the least recently used.
+- `blobs`: object key -> plain bytes of tree nodes and commit records. Chunks of remote stores
+  are files under `files/chunks/…` instead. Both count against one size cap, enforced by
+  evicting the least recently used.
 - `atime`: object key -> (size, last use), the bookkeeping for that eviction.
 - `present`: object key -> when it was seen in the store, so `put` skips uploads it knows exist.
 - `stat`: local file path -> (size, mtime, inode, ctime, entry), git's index for `put`.
@@ -29,6 +30,8 @@ PRESENT_TTL_S = 24 * 3600
 #: Refreshing a blob's last-use time costs a write transaction; do it at most this often.
 _TOUCH_EVERY_S = 300
 DEFAULT_CACHE_BYTES = 8 << 30
+#: Blobs under this key prefix are kept as files next to the LMDB environment.
+_FILE_PREFIX = "chunks/"
 
 
 def default_cache_bytes() -> int:
@@ -62,6 +65,7 @@ class Index:
         self._present = self.env.open_db(b"present")
         self._stat = self.env.open_db(b"stat")
         self._meta = self.env.open_db(b"meta")
+        self._files = self.path / "files"
         self._lock = threading.Lock()
         self._evicting = False
 
@@ -70,13 +74,26 @@ class Index:
 
     # --- blobs -------------------------------------------------------------------------------
 
+    def _file(self, key: str) -> Path | None:
+        """Where a large blob (a chunk) lives: plain files read with the kernel's read-ahead,
+        instead of LMDB pages faulted in one by one once the page cache has been dropped."""
+        return self._files / key if key.startswith(_FILE_PREFIX) else None
+
     def get_blob(self, key: str) -> bytes | None:
         k = key.encode()
+        path = self._file(key)
         with self.env.begin(buffers=False) as txn:
-            data = txn.get(k, db=self._blobs)
-            if data is None:
-                return None
             raw = txn.get(k, db=self._atime)
+            data = txn.get(k, db=self._blobs) if path is None else None
+        if path is not None:
+            if raw is None:
+                return None
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
+        if data is None:
+            return None
         now = int(time.time())
         if raw is not None and now - _ATIME.unpack(raw)[1] > _TOUCH_EVERY_S:
             with self.env.begin(write=True) as txn:
@@ -86,11 +103,18 @@ class Index:
     def put_blob(self, key: str, data: bytes) -> None:
         k = key.encode()
         size = len(data)
+        path = self._file(key)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
         with self.env.begin(write=True) as txn:
             if txn.get(k, db=self._atime) is None:
                 total = self._total(txn) + size
                 txn.put(b"cached_bytes", struct.pack("<Q", total), db=self._meta)
-            txn.put(k, data, db=self._blobs)
+            if path is None:
+                txn.put(k, data, db=self._blobs)
             txn.put(k, _ATIME.pack(size, int(time.time())), db=self._atime)
         if self.cached_bytes() > self.cache_bytes:
             self._evict()
@@ -123,6 +147,9 @@ class Index:
                 for _, size, k in rows:
                     if total <= target:
                         break
+                    path = self._file(k.decode())
+                    if path is not None:
+                        path.unlink(missing_ok=True)
                     txn.delete(k, db=self._blobs)
                     txn.delete(k, db=self._atime)
                     total -= size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import itertools
 
@@ -11,7 +12,16 @@ from hypothesis import strategies as st
 
 from cowfs.entries import Entry, EntryType
 from cowfs.pipelines import globs
-from cowfs.pipelines.datums import Datum, DatumFile, InputFile, datum_hash, plan, transform_hash
+from cowfs.pipelines.datums import (
+    Datum,
+    DatumFile,
+    InputFile,
+    datum_hash,
+    plan,
+    plan_delta,
+    supports_delta,
+    transform_hash,
+)
 from cowfs.pipelines.merge import Collision, merge
 from cowfs.pipelines.spec import Combo, PfsInput, SpecError, Transform, parse
 
@@ -305,3 +315,134 @@ def test_join_needs_groups_and_unique_names() -> None:
                 "transform": {"cmd": ["true"]},
             }
         )
+
+
+# --- planning from a diff ------------------------------------------------------------------------
+
+DELTA_GLOBS = ["/", "/*", "/*/*", "/**", "/*/*.txt", "/a*", "/(*)/*", "/**/*.txt", "/{a,b}*/**"]
+segments = st.sampled_from(["a", "b", "a.txt", "b.txt", "ab", "a-b", "x"])
+
+
+def with_dirs(files: dict[str, str]) -> dict[str, str]:
+    """`files` plus a directory entry ("") for every ancestor, as trees hold them."""
+    out = dict(files)
+    for path in files:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            out["/".join(parts[:i])] = ""
+    return out
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> dict[str, str]:
+    paths = draw(st.lists(st.lists(segments, min_size=1, max_size=3), max_size=12))
+    files: dict[str, str] = {}
+    for parts in paths:
+        path = "/".join(parts)
+        # A path cannot be a file and hold files: keep whichever came first.
+        if any(path.startswith(p + "/") or p.startswith(path + "/") or p == path for p in files):
+            continue
+        files[path] = draw(digests)
+    return with_dirs(files)
+
+
+@st.composite
+def edited(draw: st.DrawFn, before: dict[str, str]) -> dict[str, str]:
+    """`before` after random adds, deletes (of files and whole directories) and modifications."""
+    files = {p: d for p, d in before.items() if d != ""}
+    for _ in range(draw(st.integers(0, 5))):
+        kind = draw(st.sampled_from(["add", "delete", "modify", "rmdir"]))
+        if kind == "add":
+            path = "/".join(draw(st.lists(segments, min_size=1, max_size=3)))
+            if any(path.startswith(p + "/") or p.startswith(path + "/") for p in files):
+                continue
+            files[path] = draw(digests)
+        elif kind in ("delete", "modify") and files:
+            path = draw(st.sampled_from(sorted(files)))
+            if kind == "delete":
+                del files[path]
+            else:
+                files[path] = draw(digests)
+        elif kind == "rmdir":
+            dirs = sorted({p.rsplit("/", 1)[0] for p in files if "/" in p})
+            if dirs:
+                gone = draw(st.sampled_from(dirs))
+                files = {p: d for p, d in files.items() if not p.startswith(gone + "/")}
+    out = with_dirs(files)
+    if draw(st.booleans()):
+        # Directories emptied by deletes survive in a real tree unless removed too; keep those
+        # that no file now sits on or above.
+        for p, d in before.items():
+            parts = p.split("/")
+            above = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+            if d == "" and not any(out.get(a, "") != "" for a in above):
+                out.update(dict.fromkeys(above, ""))
+    return out
+
+
+def as_files(tree: dict[str, str]) -> list[InputFile]:
+    return sorted(InputFile(p, d) for p, d in tree.items())
+
+
+def under_of(tree: dict[str, str]):
+    files = as_files(tree)
+    paths = [f.path for f in files]
+
+    def under(path: str) -> list[InputFile]:
+        if not path:
+            return files
+        i = bisect.bisect_left(paths, path)
+        out = []
+        for f in files[i:]:
+            if f.path == path or f.path.startswith(path + "/"):
+                out.append(f)
+            elif f.path > path + "/":
+                break
+        return out
+
+    return under
+
+
+def changed_paths(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    return sorted(p for p in old.keys() | new.keys() if old.get(p) != new.get(p))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(DELTA_GLOBS), trees(), st.data())
+def test_delta_planning_equals_full_planning(glob: str, old: dict[str, str], data) -> None:
+    new = data.draw(edited(old))
+    node = pfs("in", glob)
+    full_old = set(plan(node, {"in": as_files(old)}))
+    full_new = set(plan(node, {"in": as_files(new)}))
+    removed, added = plan_delta(
+        node, {"in": changed_paths(old, new)}, {"in": under_of(old)}, {"in": under_of(new)}
+    )
+    assert set(removed) == full_old - full_new
+    assert set(added) == full_new - full_old
+    assert len(removed) == len(set(removed)) and len(added) == len(set(added))
+
+
+@settings(max_examples=100, deadline=None)
+@given(trees(), trees(), st.data())
+def test_delta_planning_of_a_union_touches_only_the_changed_input(
+    a: dict[str, str], b: dict[str, str], data
+) -> None:
+    a2 = data.draw(edited(a))
+    node = Combo("union", (pfs("a", "/*"), pfs("b", "/*/*")))
+    full_old = set(plan(node, {"a": as_files(a), "b": as_files(b)}))
+    full_new = set(plan(node, {"a": as_files(a2), "b": as_files(b)}))
+    unders = {"a": under_of(a), "b": under_of(b)}
+    removed, added = plan_delta(
+        node, {"a": changed_paths(a, a2)}, unders, {**unders, "a": under_of(a2)}
+    )
+    assert set(removed) == full_old - full_new
+    assert set(added) == full_new - full_old
+
+
+def test_delta_planning_refuses_cross_join_and_group() -> None:
+    for kind in ("cross", "join", "group"):
+        node = Combo(kind, (pfs("a"), pfs("b")))
+        assert not supports_delta(node)
+        with pytest.raises(ValueError):
+            plan_delta(node, {}, {}, {})
+    assert supports_delta(Combo("union", (pfs("a"), pfs("b"))))

@@ -285,9 +285,10 @@ def test_bad_credentials(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_directory_part_of_a_key_is_not_an_object(s3_url: str) -> None:
-    # SeaweedFS keeps keys as a directory tree; the directories must not leak out as objects.
-    store = S3Store(s3_url, create=True)
+def test_directory_part_of_a_key_is_not_an_object(objectstore: ObjectStore) -> None:
+    # SeaweedFS and a local folder keep keys as a directory tree; the directories must not leak
+    # out as objects.
+    store = objectstore
     store.put("a/b/c", b"x")
     assert not store.exists("a/b")
     assert store.get_versioned("a/b") is None

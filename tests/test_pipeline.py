@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import stat
 from pathlib import Path
 
@@ -390,3 +392,111 @@ def test_incremental_job_checks_new_outputs_against_kept_ones(env: LakeEnv) -> N
     assert (job["processed"], job["skipped"]) == (0, 1)
     paths = sorted(e["path"] for e in env.json("ls", "-r", "up@main"))
     assert paths == ["/res", "/res/one", "/res/one/copy"]
+
+
+# --- delta planning against full planning --------------------------------------------------------
+
+COPY_TREE = (
+    'cd "$PFS_IN" && find . -type f | while read -r f; do mkdir -p "$PFS_OUT/$(dirname "$f")"; '
+    'tr a-z A-Z < "$f" > "$PFS_OUT/$f"; done'
+)
+
+
+def _random_edit(rng: random.Random, src: Path) -> None:
+    """Adds, deletes, modifications and whole-directory deletes, nested up to three deep."""
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    dirs = sorted(p for p in src.rglob("*") if p.is_dir())
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.choice(["add", "add", "delete", "modify", "rmdir"])
+        if kind == "add":
+            parts = [rng.choice("abc") for _ in range(rng.randint(0, 2))]
+            d = src.joinpath(*parts)
+            if any(p.is_file() for p in [d, *d.parents]):
+                continue
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"n{rng.randint(0, 99)}.{rng.choice(['txt', 'csv'])}").write_text(
+                f"new {rng.random()}\n"
+            )
+        elif kind in ("delete", "modify") and files:
+            f = rng.choice(files)
+            if f.exists():
+                if kind == "delete":
+                    f.unlink()
+                else:
+                    f.write_text(f"changed {rng.random()}\n")
+        elif kind == "rmdir" and dirs:
+            shutil.rmtree(rng.choice(dirs), ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("glob", "union"), [("/*", False), ("/*/*", False), ("/**/*.txt", False), ("/*", True)]
+)
+def test_delta_planned_jobs_equal_full_planning(
+    env: LakeEnv, monkeypatch: pytest.MonkeyPatch, glob: str, union: bool
+) -> None:
+    """Random edits; after each, the job planned from the input diff must have exactly the
+    datums full planning finds, and the same output as a twin pipeline planned in full."""
+    from cowfs.pipelines import executor, records
+    from cowfs.pipelines.datums import plan
+    from cowfs.pipelines.spec import parse
+    from cowfs.snapshot import snapshot
+    from cowfs.tree import TreeView, empty_tree
+
+    rng = random.Random(f"{glob}{union}")
+    src = env.root / "src"
+    for i in range(12):
+        d = src.joinpath(*[rng.choice("abc") for _ in range(i % 3)])
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}.{rng.choice(['txt', 'csv'])}").write_text(f"file {i}\n")
+    env.run("repo", "create", "data")
+    env.run("repo", "create", "other")
+    other = env.root / "other"
+    make_files(other, 3)
+    lake = env.lake()
+
+    def put_dir(repo: str, path: Path) -> None:
+        head = lake.head(repo, "main")
+        base = TreeView(lake.store, head.tree if head else empty_tree(lake.store))
+        changes, _ = snapshot(lake.store, path, "", mirror=True, base=base)
+        lake.commit(repo, "main", changes, "edit")
+
+    put_dir("data", src)
+    put_dir("other", other)
+    inp: dict = {"pfs": {"repo": "data", "glob": glob, "name": "in"}}
+    if union:
+        inp = {"union": [inp, {"pfs": {"repo": "other", "glob": "/*", "name": "o"}}]}
+    cmd = COPY_TREE
+    if union:
+        cmd += '; for f in "$PFS_O"/*; do [ ! -f "$f" ] || cp "$f" "$PFS_OUT"/; done'
+    for name in ("delta", "full"):
+        s = {"pipeline": name, "input": inp, "transform": {"cmd": ["sh", "-c", cmd]}}
+        records.create_pipeline(lake, parse(s))
+
+    said: list[str] = []
+    full_plan = executor._delta_plan
+    for step in range(6):
+        if step:
+            _random_edit(rng, src)
+            put_dir("data", src)
+        said.clear()
+        job = executor.run_job(lake, "delta", executor.RunOptions(say=said.append))
+        assert job is not None and job.state == "success", job and job.error
+        assert step == 0 or any("planned from the input diff" in s for s in said), said
+        monkeypatch.setattr(executor, "_delta_plan", lambda *a: None)
+        twin = executor.run_job(lake, "full", executor.RunOptions())
+        monkeypatch.setattr(executor, "_delta_plan", full_plan)
+        assert twin is not None and twin.state == "success", twin and twin.error
+
+        pipeline = records.get_pipeline(lake, "delta")
+        files, _, _ = executor._input_files(lake, job.inputs)
+        tid = executor.transform_hash(pipeline.spec.transform, pipeline.salt)
+        expected = {executor.datum_hash(tid, d) for d in plan(pipeline.spec.input, files)}
+        listed = {r[0] for r in records.get_datum_list(lake, "delta", job.id)}
+        assert listed == expected and job.total == len(expected)
+        assert (job.processed, job.skipped) == (twin.processed, twin.skipped)
+
+        def content(repo: str) -> set[tuple]:
+            head = lake.head(repo, "main")
+            return {(e.path, e.type, e.digest) for e in lake.walk(head)}
+
+        assert content("delta") == content("full")

@@ -53,7 +53,7 @@ class LocalStore(ObjectStore):
         try:
             with open(self._path(key), "rb") as f:
                 return f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectMissing(f"object {key} is missing from {self.url}") from None
 
     def put(self, key: str, data: bytes) -> None:
@@ -79,7 +79,7 @@ class LocalStore(ObjectStore):
         os.replace(tmp, path)
 
     def exists(self, key: str) -> bool:
-        return self._path(key).exists()
+        return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

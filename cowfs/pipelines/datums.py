@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
 
 import blake3
 
 from cowfs.pipelines import globs
-from cowfs.pipelines.spec import Combo, InputNode, PfsInput, Transform
+from cowfs.pipelines.spec import Combo, InputNode, PfsInput, Transform, iter_pfs
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -61,7 +61,7 @@ def plan(node: InputNode, files: Mapping[str, Sequence[InputFile]]) -> list[Datu
     """
     found = {Datum(tuple(sorted(fs)) if len(fs) > 1 else tuple(fs)) for fs in _datums(node, files)}
     # Sorting on plain tuples: dataclass comparisons would dominate a 100,000-datum plan.
-    return sorted(found, key=lambda d: [(f.input, f.path, f.digest) for f in d.files])
+    return _sorted(found)
 
 
 def _datums(node: InputNode, files: Mapping[str, Sequence[InputFile]]) -> list[tuple]:
@@ -139,6 +139,93 @@ def _group(node: Combo, files: Mapping[str, Sequence[InputFile]]) -> list[tuple]
             for key, lists in _keyed(c, c.group_by or "", files).items():
                 groups.setdefault(key, []).extend(f for fs in lists for f in fs)
     return [tuple(dict.fromkeys(fs)) for _, fs in sorted(groups.items())]
+
+
+# --- planning from a diff ----------------------------------------------------------------------
+
+#: The entry at a path and everything beneath it, sorted by path (empty when there is none);
+#: `""` asks for the whole tree. What delta planning reads instead of a whole input tree.
+Under = Callable[[str], Sequence[InputFile]]
+
+
+def supports_delta(node: InputNode) -> bool:
+    """Whether `plan_delta` handles this input: pfs inputs and unions of them.
+
+    In a cross, join or group one changed file changes every datum it pairs with, which means
+    reading the other inputs in full anyway; those keep full planning.
+    """
+    if isinstance(node, PfsInput):
+        return True
+    return node.kind == "union" and all(supports_delta(c) for c in node.inputs)
+
+
+def plan_delta(
+    node: InputNode,
+    changed: Mapping[str, Iterable[str]],
+    old: Mapping[str, Under],
+    new: Mapping[str, Under],
+) -> tuple[list[Datum], list[Datum]]:
+    """The datums an edit removes and adds: `plan(new) = plan(old) - removed + added`.
+
+    `changed` maps each input's name to the paths whose entries differ between its old and new
+    tree (a tree diff); inputs left out did not change. Only the datums anchored at a changed
+    path or at an ancestor of one can differ, so the cost follows the edit, not the trees.
+    Datums whose files (and so hash) are the same on both sides are in neither list.
+    """
+    if not supports_delta(node):
+        raise ValueError("plan_delta handles pfs inputs and unions of them only")
+    removed: set[Datum] = set()
+    added: set[Datum] = set()
+    for inp in iter_pfs(node):
+        paths = changed.get(inp.name)
+        if paths is None:
+            continue
+        for anchor in _anchors(inp, paths):
+            before = _datum_at(inp, old[inp.name], anchor)
+            after = _datum_at(inp, new[inp.name], anchor)
+            if before != after:
+                if before is not None:
+                    removed.add(before)
+                if after is not None:
+                    added.add(after)
+    return _sorted(removed), _sorted(added)
+
+
+def _anchors(inp: PfsInput, paths: Iterable[str]) -> list[str]:
+    """Every path the glob matches among the changed paths and their ancestors: the places a
+    datum that saw the change is rooted ("" for a root glob's single datum)."""
+    if globs.is_root_glob(inp.glob):
+        return [""] if any(True for _ in paths) else []
+    regex = globs.compile_glob(inp.glob)
+    seen: set[str] = set()
+    out: list[str] = []
+    for path in paths:
+        end = len(path)
+        while end > 0:
+            prefix = path[:end]
+            if prefix in seen:
+                break  # its ancestors were checked with it
+            seen.add(prefix)
+            if regex.match(prefix):
+                out.append(prefix)
+            end = path.rfind("/", 0, end)
+    return out
+
+
+def _datum_at(inp: PfsInput, under: Under, anchor: str) -> Datum | None:
+    found = under(anchor)
+    if not found:
+        return None
+    if anchor:
+        if found[0].path != anchor:
+            return None
+        if found[0].digest != "":
+            found = found[:1]
+    return Datum(tuple(DatumFile(inp.name, f.path, f.digest) for f in found))
+
+
+def _sorted(datums: Iterable[Datum]) -> list[Datum]:
+    return sorted(datums, key=lambda d: [(f.input, f.path, f.digest) for f in d.files])
 
 
 # --- hashing -------------------------------------------------------------------------------------

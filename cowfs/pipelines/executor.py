@@ -36,7 +36,16 @@ from cowfs.export import write_file
 from cowfs.lake import Lake
 from cowfs.names import normalize_path
 from cowfs.pipelines import records
-from cowfs.pipelines.datums import Datum, InputFile, datum_hash, plan, transform_hash
+from cowfs.pipelines.datums import (
+    Datum,
+    InputFile,
+    Under,
+    datum_hash,
+    plan,
+    plan_delta,
+    supports_delta,
+    transform_hash,
+)
 from cowfs.pipelines.merge import Collision, merge
 from cowfs.pipelines.outputs import entry_from_json, entry_to_json, ingest
 from cowfs.pipelines.records import Job, Pipeline
@@ -124,13 +133,7 @@ def _input_files(
         commits[inp["name"]] = commit
         rows = []
         for e in lake.walk(commit):
-            if e.is_dir:
-                digest = ""
-            elif e.type is EntryType.SYMLINK:
-                digest = "link:" + (e.target or "")
-            else:
-                digest = e.digest.hex() if e.digest else "empty"
-            rows.append(InputFile(e.path, digest))
+            rows.append(InputFile(e.path, _digest(e)))
             entries[(inp["name"], e.path)] = e
         files[inp["name"]] = rows
     return files, entries, commits
@@ -211,31 +214,44 @@ def _provenance(job: Job, commits: dict[str, Commit]) -> tuple[tuple[Provenance,
 
 def _execute(lake: Lake, pipeline: Pipeline, job: Job, opts: RunOptions) -> None:
     spec = pipeline.spec
-    files, entries, commits = _input_files(lake, job.inputs)
-    provenance, gid = _provenance(job, commits)
-    job.global_id = gid
-    job.extra["provenance"] = [vars(p) for p in provenance]
-    datums = plan(spec.input, files)
     tid = transform_hash(spec.transform, pipeline.salt)
-    planned = {datum_hash(tid, d): d for d in datums}
-    job.total = len(planned)
-
     head = lake.head(spec.name, spec.output_branch)
     prev_root = (
         head.extra.get("datums") if head and head.extra.get("pipeline") == spec.name else None
     )
-    # Fast path: the last job's datum list says which datums it had, so unchanged datums are
-    # skipped without reading their outputs, and only added and removed ones touch the trees.
-    prev_hashes = _prev_hashes(lake, spec.name, head) if prev_root else None
-    fast = prev_hashes is not None
-    prev_outputs: dict[str, list[Entry]] = {}
-    if not fast:
-        prev_outputs = _datum_tree_outputs(lake, prev_root)
-        prev_hashes = set(prev_outputs)
+    delta = _delta_plan(lake, pipeline, job, head, tid) if head and prev_root else None
     outputs: dict[str, list[Entry]] = {}
     rows: dict[str, list] = {}
+    prev_outputs: dict[str, list[Entry]] = {}
+    prev_hashes: set[str] | None
+    if delta is not None:
+        # Only the datums the input diff touched are candidates; every other datum of the last
+        # job is kept as it was, without being read, hashed or looked up.
+        commits, entries, planned = delta.commits, delta.entries, delta.added
+        prev_hashes = set()
+        fast = True
+        rows = {r[0]: r for r in delta.kept}
+        skipped = len(delta.kept)
+        for _ in range(skipped):
+            opts.observer.datum(spec.name, "skipped", 0.0)
+        job.total = skipped + len(planned)
+        opts.say(f"job {job.id}: planned from the input diff since job {delta.since}")
+    else:
+        files, entries, commits = _input_files(lake, job.inputs)
+        planned = {datum_hash(tid, d): d for d in plan(spec.input, files)}
+        job.total = len(planned)
+        # Fast path: the last job's datum list says which datums it had, so unchanged datums are
+        # skipped without reading their outputs, and only added and removed ones touch the trees.
+        prev_hashes = _prev_hashes(lake, spec.name, head) if prev_root else None
+        fast = prev_hashes is not None
+        if prev_hashes is None:
+            prev_outputs = _datum_tree_outputs(lake, prev_root)
+            prev_hashes = set(prev_outputs)
+        skipped = 0
+    provenance, gid = _provenance(job, commits)
+    job.global_id = gid
+    job.extra["provenance"] = [vars(p) for p in provenance]
     todo: list[tuple[str, Datum]] = []
-    skipped = 0
     for h, d in planned.items():
         if h in prev_hashes:
             if not fast:
@@ -273,9 +289,8 @@ def _execute(lake: Lake, pipeline: Pipeline, job: Job, opts: RunOptions) -> None
 
     try:
         if fast:
-            removed = {
-                h: _datum_outputs(lake, prev_root, h) for h in prev_hashes if h not in planned
-            }
+            gone = delta.gone if delta is not None else prev_hashes - planned.keys()
+            removed = {h: _datum_outputs(lake, prev_root, h) for h in gone}
             changes = _delta_changes(lake, head, outputs, removed, prev_root)
             datum_root = _update_datum_tree(lake, prev_root, removed, outputs)
         else:
@@ -283,8 +298,8 @@ def _execute(lake: Lake, pipeline: Pipeline, job: Job, opts: RunOptions) -> None
             datum_root = _update_datum_tree(lake, prev_root, prev_outputs, outputs)
     except Collision as c:
         msg = (
-            f"datums {c.first[:12]} ({_label(planned, c.first)}) and {c.second[:12]} "
-            f"({_label(planned, c.second)}) both write /{c.path}"
+            f"datums {c.first[:12]} ({_label(planned, rows, c.first)}) and {c.second[:12]} "
+            f"({_label(planned, rows, c.second)}) both write /{c.path}"
         )
         records.put_datum_list(lake, spec.name, job.id, [rows[k] for k in sorted(rows)])
         _fail(lake, pipeline, job, msg, c.second, None, opts)
@@ -353,6 +368,103 @@ def _fail(
     opts.say(f"job {job.id}: failed: {msg.splitlines()[0]}")
 
 
+@dataclass
+class _Delta:
+    """A plan made from the input diff since the job that made the output head."""
+
+    since: str  # that job
+    commits: dict[str, Commit]
+    entries: dict[tuple[str, str], Entry]  # the files of `added` only
+    added: dict[str, Datum]  # datums the last job did not have
+    gone: set[str]  # hashes of the last job's datums this job does not have
+    kept: list[list]  # datum-list rows of the last job's other datums, now skipped
+
+
+def _delta_plan(lake: Lake, pipeline: Pipeline, job: Job, head: Commit, tid: str) -> _Delta | None:
+    """Plan from `tree.diff` between the input trees of the job that made the output head and
+    this job's, so a one-file change costs one datum rather than a walk of every input.
+
+    None sends the caller to full planning: the head's job ran another spec version, its
+    records are missing, the input is a cross, join or group, or what the diff says the last
+    job had disagrees with its datum list (never trust a delta over an inconsistent base).
+    """
+    spec = pipeline.spec
+    since = head.extra.get("job")
+    if not since or head.extra.get("version") != pipeline.version:
+        return None
+    if not supports_delta(spec.input):
+        return None
+    try:
+        prev = records.get_job(lake, spec.name, since)
+    except CowfsError:
+        return None
+    before = {i["name"]: (i["repo"], i["commit"]) for i in prev.inputs}
+    now = {i["name"]: (i["repo"], i["commit"]) for i in job.inputs}
+    if prev.state != "success" or prev.output_commit != head.id or before.keys() != now.keys():
+        return None
+    if any(before[n][0] != now[n][0] for n in now):
+        return None
+    rows = records.get_datum_list(lake, spec.name, since)
+    if len(rows) != prev.total or any(r[1] not in ("processed", "skipped") for r in rows):
+        return None
+
+    commits: dict[str, Commit] = {}
+    entries: dict[tuple[str, str], Entry] = {}
+    changed: dict[str, list[str]] = {}
+    old_side: dict[str, Under] = {}
+    new_side: dict[str, Under] = {}
+    empty: list[str] = []
+
+    def root_of(repo: str, cid: str | None) -> str:
+        if cid is None:
+            if not empty:
+                empty.append(tree.empty_tree(lake.store))
+            return empty[0]
+        return lake.get_commit(repo, cid).tree
+
+    for name, (repo, cid) in now.items():
+        if cid is not None:
+            commits[name] = lake.get_commit(repo, cid)
+        if cid == before[name][1]:
+            continue
+        old_root, new_root = root_of(repo, before[name][1]), root_of(repo, cid)
+        changed[name] = [c.path for c in tree.diff(lake.store, old_root, new_root)]
+        old_side[name] = _under(lake, old_root, name, None)
+        new_side[name] = _under(lake, new_root, name, entries)
+    removed, added = plan_delta(spec.input, changed, old_side, new_side)
+    gone = {datum_hash(tid, d) for d in removed}
+    had = {r[0] for r in rows}
+    new = {datum_hash(tid, d): d for d in added}
+    if not gone <= had or not new.keys().isdisjoint(had - gone):
+        return None
+    kept = [[r[0], "skipped", 0, 0.0, r[4]] for r in rows if r[0] not in gone]
+    return _Delta(since, commits, entries, new, gone, kept)
+
+
+def _under(lake: Lake, root: str, name: str, keep: dict[tuple[str, str], Entry] | None) -> Under:
+    """`datums.Under` over one input tree; remembers the entries it reads in `keep`, which is
+    how the new side collects the entries that materializing the new datums needs."""
+
+    def under(path: str) -> list[InputFile]:
+        out = []
+        for e in tree.iter_under(lake.store, root, path):
+            out.append(InputFile(e.path, _digest(e)))
+            if keep is not None:
+                keep[(name, e.path)] = e
+        return out
+
+    return under
+
+
+def _digest(e: Entry) -> str:
+    """What a datum's hash sees of an entry: its content, or "" for a directory."""
+    if e.is_dir:
+        return ""
+    if e.type is EntryType.SYMLINK:
+        return "link:" + (e.target or "")
+    return e.digest.hex() if e.digest else "empty"
+
+
 # --- datum trees ---------------------------------------------------------------------------------
 
 
@@ -370,8 +482,11 @@ def _datum_tree_outputs(lake: Lake, root: str | None) -> dict[str, list[Entry]]:
     return out
 
 
-def _label(planned: dict[str, Datum], h: str) -> str:
-    return planned[h].label() if h in planned else "from an earlier job"
+def _label(planned: dict[str, Datum], rows: dict[str, list], h: str) -> str:
+    """A datum's label; a kept datum of a delta-planned job has only its datum-list row."""
+    if h in planned:
+        return planned[h].label()
+    return rows[h][4] if h in rows else "from an earlier job"
 
 
 def _prev_hashes(lake: Lake, pipeline: str, head: Commit | None) -> set[str] | None:

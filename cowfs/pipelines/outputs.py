@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from cowfs.chunking import SMALL_FILE, Chunker, FileData
-from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
+from cowfs.entries import Entry, EntryType, dir_entry, pack_entry, unpack_entry
 from cowfs.snapshot import scan
 from cowfs.store import Store
 
@@ -74,27 +74,22 @@ def _is_small_file(f) -> bool:
 
 
 def entry_to_json(e: Entry) -> list:
-    return [
-        e.path,
-        int(e.type),
-        e.mode,
-        e.size,
-        e.mtime_ns,
-        e.digest.hex() if e.digest else None,
-        [[c.id, c.offset, c.length] for c in e.chunks],
-        e.target,
-    ]
+    """The tree's entry array (`entries.pack_entry`) with its bytes as hex, because datum
+    records are JSON: one layout for both, so the two cannot drift apart."""
+    raw = pack_entry(e)
+    raw[5] = raw[5].hex() if raw[5] else None
+    raw[6] = [[cid.hex(), off, n] for cid, off, n in raw[6]]
+    return raw
 
 
 def entry_from_json(raw: list) -> Entry:
-    path, typ, mode, size, mtime_ns, digest, chunks, target = raw
-    return Entry(
-        path,
-        EntryType(typ),
-        mode,
-        size,
-        mtime_ns,
-        bytes.fromhex(digest) if digest else None,
-        tuple(ChunkRef(c, o, n) for c, o, n in chunks),
-        target,
+    """The inverse of `entry_to_json`, through `entries.unpack_entry`."""
+    digest, chunks = raw[5], raw[6]
+    return unpack_entry(
+        [
+            *raw[:5],
+            bytes.fromhex(digest) if digest else None,
+            [[bytes.fromhex(cid), off, n] for cid, off, n in chunks],
+            raw[7],
+        ]
     )

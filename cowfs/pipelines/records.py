@@ -108,13 +108,14 @@ def get_pipeline(lake: Lake, name: str) -> Pipeline:
     return Pipeline.from_record(d)
 
 
+def _list(lake: Lake, prefix: str) -> list[dict]:
+    """Every record under a prefix; one deleted between listing and reading is left out."""
+    found = (_get(lake, key) for key, _ in lake.objects.list(prefix))
+    return [d for d in found if d is not None]
+
+
 def list_pipelines(lake: Lake) -> list[Pipeline]:
-    out = []
-    for key, _ in lake.objects.list("pipelines/"):
-        d = _get(lake, key)
-        if d is not None:
-            out.append(Pipeline.from_record(d))
-    return out
+    return [Pipeline.from_record(d) for d in _list(lake, "pipelines/")]
 
 
 def check_graph(lake: Lake, spec: PipelineSpec, others: list[Pipeline]) -> None:
@@ -252,12 +253,7 @@ def get_job(lake: Lake, pipeline: str, job_id: str) -> Job:
 
 
 def list_jobs(lake: Lake, pipeline: str) -> list[Job]:
-    out = []
-    for key, _ in lake.objects.list(f"jobs/{pipeline}/"):
-        d = _get(lake, key)
-        if d is not None:
-            out.append(Job.from_record(d))
-    return out
+    return [Job.from_record(d) for d in _list(lake, f"jobs/{pipeline}/")]
 
 
 def find_job(lake: Lake, ident: str) -> Job:
