@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (a local store, no server): snapshot a directory, change
-# it, snapshot again, read the history, and get the old version back byte for byte.
+# it, snapshot again, read the history, get the old version back byte for byte; then mount the
+# lake and use it with ordinary tools, write through the mount, and run a pipeline on it.
 set -euo pipefail
 work="$(mktemp -d /tmp/cowfs-demo.XXXXXX)"
 export COWFS_STORE="$work/store" COWFS_CACHE_DIR="$work/cache" COWFS_STATE_DIR="$work/state"
@@ -33,5 +34,35 @@ run cowfs get "images@$first" ./restore
 run diff -r photos-first restore
 echo "identical: the first snapshot came back byte for byte"
 run cowfs stats
+
+# --- the mount -------------------------------------------------------------------------------
+mkdir -p pfs
+trap 'cowfs umount "$work/pfs" >/dev/null 2>&1 || true' EXIT
+run cowfs mount "$work/pfs" --background
+run ls pfs pfs/images
+run sha256sum pfs/images/main/cats/1.jpg "pfs/images/@$first/cats/1.jpg"
+run getfattr -n user.cowfs.commit pfs/images/main
+run cowfs write images@main
+run cp photos/cats/4.jpg pfs/images/main/cats/5.jpg
+run mv pfs/images/main/labels.csv pfs/images/main/labels-v2.csv
+run cowfs commit images@main -m "relabel through the mount"
+run ls pfs/images/main pfs/images/main/cats
+
+# --- a pipeline --------------------------------------------------------------------------------
+cat > sizes.yaml <<'YAML'
+pipeline: sizes
+input: {pfs: {repo: images, branch: main, glob: "/cats/*"}}
+transform:
+  cmd: [sh, -c, 'for f in /pfs/images/cats/*; do wc -c < "$f" > "/pfs/out/$(basename "$f").size"; done']
+YAML
+run cat sizes.yaml
+run cowfs pipeline create -f sizes.yaml
+run cowfs pipeline run sizes
+run ls pfs/sizes/main
+gid=$(cowfs log images@main --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["global_id"])')
+run cowfs inspect "$gid"
+run cowfs lineage sizes@main --upstream
+run cowfs umount "$work/pfs"
+trap - EXIT
 echo
 echo "demo store kept in $work"
