@@ -30,7 +30,7 @@ AVG_CHUNK = 1024 * 1024
 MAX_CHUNK = 4 * 1024 * 1024
 #: Files below this size go into the shared pack stream.
 SMALL_FILE = AVG_CHUNK
-_IN_FLIGHT = 16
+_IN_FLIGHT = 32
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,12 @@ class Chunker:
         self.store = store
         self.progress = progress or (lambda n: None)
         self.cdc = FastCDC(AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
-        self.pool = ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 2) * 2))
+        if workers is None:
+            # A remote store is latency-bound: keep many uploads in flight. A local one is
+            # bound by the disk and the CPU: more threads would only contend.
+            cores = os.cpu_count() or 2
+            workers = 16 if not store.objects.is_local else min(8, cores * 2)
+        self.pool = ThreadPoolExecutor(workers)
         self.slots = threading.BoundedSemaphore(_IN_FLIGHT)
         self.futures: list[Future[str]] = []
 
