@@ -252,7 +252,6 @@ class Lake:
         self.objects.put(global_key(c.global_id, c.repo, c.id), b"")
         for p in c.provenance:
             self.objects.put(downstream_key(p.repo, p.commit, c.repo, c.id), b"")
-        self.objects.sync()
 
     def _unwrite_commit(self, c: Commit) -> None:
         for p in c.provenance:

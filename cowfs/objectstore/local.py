@@ -5,7 +5,9 @@ crash never sees half an object. `swap` takes an exclusive `flock` on a lock fil
 compares, and renames: atomic against every other cowfs process on the machine.
 
 Data is not fsynced object by object (that halves ingest speed); `sync()` flushes the whole
-filesystem once with `syncfs(2)` before a ref that names the new objects moves.
+filesystem once with `syncfs(2)`, and `swap` does so before a ref moves whenever this process
+has put objects since, so a ref never names an object a crash could lose. The ref itself is
+fsynced, renamed into place, and its directory fsynced.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class LocalStore(ObjectStore):
     def __init__(self, root: str | os.PathLike[str], create: bool = False) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = f"file://{self.root}"
+        #: Objects were put since the last sync: the next ref swap must flush them first.
+        self._dirty = False
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         if not self.root.is_dir():
@@ -57,6 +61,10 @@ class LocalStore(ObjectStore):
             raise ObjectMissing(f"object {key} is missing from {self.url}") from None
 
     def put(self, key: str, data: bytes) -> None:
+        self._write(key, data, durable=False)
+        self._dirty = True
+
+    def _write(self, key: str, data: bytes, durable: bool) -> None:
         path = self._path(key)
         tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{id(data):x}"
         try:
@@ -75,6 +83,8 @@ class LocalStore(ObjectStore):
             if e.errno == errno.ENOSPC:
                 raise StoreUnavailable(f"store {self.root} is full: free space and retry") from e
             raise StoreUnavailable(f"cannot write {key} to {self.root}: {e.strerror}") from e
+        if durable:
+            os.fsync(fd)
         os.close(fd)
         os.replace(tmp, path)
 
@@ -123,12 +133,14 @@ class LocalStore(ObjectStore):
             current = self.get_versioned(key)
             if (current.token if current else None) != expected:
                 return False
-            self.sync()
-            self.put(key, data)
+            if self._dirty:
+                self.sync()
+            self._write(key, data, durable=True)
             self._fsync_dir(self._path(key).parent)
             return True
 
     def sync(self) -> None:
+        self._dirty = False
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             if _libc.syncfs(fd) != 0:
