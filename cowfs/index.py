@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
 
 import lmdb
+
+from cowfs.errors import CowfsError, UsageError
 
 _ATIME = struct.Struct("<QQ")
 #: A key seen in the store is trusted this long before `put` asks the store again. A garbage
@@ -39,27 +42,37 @@ def default_cache_bytes() -> int:
     if not raw:
         return DEFAULT_CACHE_BYTES
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    given = raw
     raw = raw.strip().upper().rstrip("B").rstrip("I")
-    if raw and raw[-1] in units:
-        return int(float(raw[:-1]) * units[raw[-1]])
-    return int(raw)
+    try:
+        if raw and raw[-1] in units:
+            return int(float(raw[:-1]) * units[raw[-1]])
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"COWFS_CACHE_SIZE={given!r} is not a size: use e.g. 8G or 500M") from None
 
 
 class Index:
     def __init__(self, path: str | os.PathLike[str], cache_bytes: int | None = None) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.cache_bytes = cache_bytes if cache_bytes is not None else default_cache_bytes()
         map_size = max(1 << 30, self.cache_bytes * 2 + (1 << 30))
-        self.env = lmdb.open(
-            str(self.path),
-            map_size=map_size,
-            max_dbs=8,
-            sync=False,
-            metasync=False,
-            readahead=False,
-            max_readers=512,
-        )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=8,
+                sync=False,
+                metasync=False,
+                readahead=False,
+                max_readers=512,
+            )
+        except (OSError, lmdb.Error) as e:
+            raise CowfsError(
+                f"cannot open the local cache at {self.path}: {e}; "
+                "point COWFS_CACHE_DIR at a writable folder"
+            ) from None
         self._blobs = self.env.open_db(b"blobs")
         self._atime = self.env.open_db(b"atime")
         self._present = self.env.open_db(b"present")
@@ -68,6 +81,7 @@ class Index:
         self._files = self.path / "files"
         self._lock = threading.Lock()
         self._evicting = False
+        self._warned = False
 
     def close(self) -> None:
         self.env.close()
@@ -101,6 +115,15 @@ class Index:
         return data
 
     def put_blob(self, key: str, data: bytes) -> None:
+        """Cache a blob if there is room; a cache that cannot be written only costs speed."""
+        try:
+            self._put_blob(key, data)
+        except (OSError, lmdb.Error) as e:
+            if not self._warned:
+                self._warned = True
+                print(f"cowfs: warning: not caching in {self.path}: {e}", file=sys.stderr)
+
+    def _put_blob(self, key: str, data: bytes) -> None:
         k = key.encode()
         size = len(data)
         path = self._file(key)
