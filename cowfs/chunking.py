@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import blake3
 from pyfastcdc.cy import FastCDC
@@ -33,6 +34,12 @@ SMALL_FILE = AVG_CHUNK
 _IN_FLIGHT = 32
 
 
+class Readable(Protocol):
+    """What the cutter reads from: an open binary file, or anything with `readinto`."""
+
+    def readinto(self, buffer: memoryview, /) -> int: ...
+
+
 @dataclass(frozen=True)
 class FileData:
     size: int
@@ -40,17 +47,31 @@ class FileData:
     chunks: tuple[ChunkRef, ...]
 
 
-class _Pending:
-    """A file whose chunks are still uploading: slices of chunk futures, resolved later."""
+class Pending:
+    """A file whose chunks are still uploading: slices of chunk futures, resolved later.
+
+    Public so a caller can assemble a file from new chunks and references it already holds
+    (staging re-chunks only the edited spans of a file and keeps every other reference).
+    """
 
     def __init__(self) -> None:
         self.parts: list[tuple[Future[str], int, int]] = []
         self.size = 0
         self.digest = b""
 
+    def add_ref(self, ref: ChunkRef) -> None:
+        """Append a slice of a chunk that is stored already (nothing to upload)."""
+        done: Future[str] = Future()
+        done.set_result(ref.id)
+        self.parts.append((done, ref.offset, ref.length))
+
     def result(self) -> FileData:
         refs = tuple(ChunkRef(f.result(), off, ln) for f, off, ln in self.parts)
         return FileData(self.size, self.digest, refs)
+
+
+#: The former private name, kept so existing importers go on working.
+_Pending = Pending
 
 
 class Chunker:
@@ -101,22 +122,31 @@ class Chunker:
 
     # --- producers -------------------------------------------------------------------------
 
-    def add_file(self, path: str | os.PathLike[str]) -> _Pending:
+    def add_file(self, path: str | os.PathLike[str]) -> Pending:
         """Cut one large file into chunks of its own."""
-        pending = _Pending()
-        hasher = blake3.blake3()
         with open(path, "rb") as f:
-            for c in self.cdc.cut_stream(f):
-                data = bytes(c.data)
-                hasher.update(data)
-                pending.parts.append((self._submit(data), 0, c.length))
-                pending.size += c.length
-                self.progress(c.length)
+            return self.add_stream(f)
+
+    def add_stream(self, readable: Readable) -> Pending:
+        """Cut everything `readable` yields until it is exhausted into chunks of its own.
+
+        For bytes that are not a file on disk (a span of a staged file, say): the caller need
+        not hold them all in memory, as `add_bytes` would. Uploads run in the background;
+        `wait()` or the result's `result()` waits for them. Progress is reported per chunk.
+        """
+        pending = Pending()
+        hasher = blake3.blake3()
+        for c in self.cdc.cut_stream(readable):
+            data = bytes(c.data)
+            hasher.update(data)
+            pending.parts.append((self._submit(data), 0, c.length))
+            pending.size += c.length
+            self.progress(c.length)
         pending.digest = hasher.digest()
         return pending
 
-    def add_bytes(self, data: bytes | memoryview) -> _Pending:
-        pending = _Pending()
+    def add_bytes(self, data: bytes | memoryview) -> Pending:
+        pending = Pending()
         for c in self.cdc.cut_buf(data):
             chunk = bytes(c.data)
             pending.parts.append((self._submit(chunk), 0, c.length))
@@ -124,7 +154,7 @@ class Chunker:
         pending.digest = blake3.blake3(data).digest()
         return pending
 
-    def add_small_files(self, contents: Iterable[bytes]) -> list[_Pending]:
+    def add_small_files(self, contents: Iterable[bytes]) -> list[Pending]:
         """Cut many small files as one stream; each gets the slices of the chunks it fell into.
 
         `contents` is consumed lazily, so a caller can read files as the cutter needs them.
@@ -133,10 +163,10 @@ class Chunker:
         spans: list[tuple[Future[str], int, int]] = []  # (chunk, stream start, length)
         for c in self.cdc.cut_stream(stream):
             spans.append((self._submit(bytes(c.data)), c.offset, c.length))
-        out: list[_Pending] = []
+        out: list[Pending] = []
         ci = 0
         for (start, end), digest in zip(stream.bounds, stream.digests, strict=True):
-            p = _Pending()
+            p = Pending()
             p.size = end - start
             p.digest = digest
             while ci < len(spans) and spans[ci][1] + spans[ci][2] <= start:

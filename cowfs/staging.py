@@ -13,18 +13,24 @@ ordinary sparse files for the same reason.
 At commit, a changed file is re-chunked only around what changed: each dirty byte range is
 widened to the base chunk references it touches, that span is cut again, and every other
 reference is spliced in unchanged. Editing 1 MiB of a 1 GiB file stores about 1 MiB.
+
+One process at a time holds an area (an flock on its `lock` file): two would each keep their own
+index of the records and lose each other's writes. A seal holds `Staging.lock` from its snapshot
+until the area is emptied (see `cowfs.staging_commit.seal`), so no answered write is dropped. A
+file unlinked while open lives on, in memory only, under an `ORPHAN` key for its handles.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
+import fcntl
 import os
 import shutil
 import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +40,7 @@ import msgpack
 import xxhash
 
 from cowfs.changes import ChangeSet
-from cowfs.chunking import SMALL_FILE, Chunker, FileData, _Pending
+from cowfs.chunking import SMALL_FILE, Chunker, FileData, Pending
 from cowfs.config import state_dir
 from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
 from cowfs.errors import CowfsError, NotFound
@@ -46,6 +52,8 @@ from cowfs.tree import TreeView
 _DIGEST_PIECE = 8 << 20
 
 FILE, DIR, LINK, WHITEOUT = "f", "d", "l", "x"
+#: Prefix of the keys of files unlinked while open; no real path starts with a NUL.
+ORPHAN = "\x00orphan/"
 
 
 class StagingError(CowfsError):
@@ -213,6 +221,8 @@ class Staging:
         self.view = TreeView(store, base_tree)
         self.path = path
         self.lock = threading.RLock()
+        self._lock_fd = _hold(path)
+        self.closed = False
         self.env = lmdb.open(
             str(path / "recs"), map_size=1 << 34, max_dbs=4, sync=False, metasync=False, subdir=True
         )
@@ -222,6 +232,10 @@ class Staging:
         self.children: dict[str, set[str]] = {}
         self.hidden: set[str] = set()
         self._fds: dict[int, int] = {}
+        #: Files unlinked (or replaced) while open, keyed by `orphan_key`: their handles go on
+        #: reading and writing them, but no lookup, listing or commit sees them.
+        self.orphans: dict[str, Rec] = {}
+        self._next_orphan = 1
         with self.env.begin() as txn:
             for k, v in txn.cursor(db=self._recs_db):
                 self._index(k.decode(), Rec.unpack(v))
@@ -247,11 +261,7 @@ class Staging:
             "tree": base_tree,
             "opened": time.time(),
         }
-        tmp = path / "meta.json.tmp"
-        tmp.write_bytes(msgpack.packb(meta))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path / "meta.json")
+        _write_durably(path / "meta.json", msgpack.packb(meta))
         (path / "recs").mkdir(exist_ok=True)
         _fsync_dir(path)
         return cls(store, url, repo, branch, base, base_tree, path)
@@ -271,11 +281,19 @@ class Staging:
         return cls(store, url, repo, branch, meta["base"], meta["tree"], path)
 
     def close(self) -> None:
+        """Let go of the area (kept on disk) and of its lock, so another process may open it.
+
+        A handle still holding this object gets EROFS from then on, never a write into an area
+        it no longer owns."""
         with self.lock:
+            if self.closed:
+                return
+            self.closed = True
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
             self.env.close()
+            os.close(self._lock_fd)
 
     def destroy(self) -> None:
         """Forget every staged write (after a commit sealed them, or on discard)."""
@@ -283,10 +301,81 @@ class Staging:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def sync(self) -> None:
-        with self.lock:
+        with self._guard():
+            self._check_open()
             for fd in self._fds.values():
                 os.fdatasync(fd)
             self.env.sync(True)
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Hold the lock of an area that is still open: once closed it takes no more writes."""
+        with self.lock:
+            if self.closed:
+                raise StagingError(
+                    f"{self.repo}@{self.branch} is no longer open for writing here", _errno.EROFS
+                )
+            yield
+
+    def reset(self, base: str | None, base_tree: str) -> None:
+        """Start over, empty, on `base` (the commit just sealed from these writes).
+
+        The caller holds `lock` from before the seal took its snapshot until this returns, so
+        no write can land between the snapshot and the clearing and be lost. The same object
+        (and the handles that hold it) carries on, so a writer that waited for the seal writes
+        into the new session. Files unlinked while open stay readable and writable.
+        """
+        with self._guard():
+            meta = msgpack.unpackb((self.path / "meta.json").read_bytes())
+            meta.update(base=base, tree=base_tree, opened=time.time())
+            # The new base goes on disk first: a crash before the records are cleared leaves
+            # them to be applied again over the commit that already holds them, which is a no-op.
+            _write_durably(self.path / "meta.json", msgpack.packb(meta))
+            with self.env.begin(write=True) as txn:
+                txn.drop(self._recs_db, delete=False)
+            self.env.sync(True)
+            keep = {r.overlay for r in self.orphans.values()}
+            for f in (self.path / "data").iterdir():
+                if f.name.isdigit() and int(f.name) not in keep:
+                    self._unlink_overlay(int(f.name))
+            self.recs.clear()
+            self.children.clear()
+            self.hidden.clear()
+            self.base = base
+            self.view = TreeView(self.store, base_tree)
+
+    # --- files unlinked while open ---------------------------------------------------------
+
+    def _orphan(self, path: str) -> str:
+        """Keep the file at `path` (about to be removed) alive for the handles open on it."""
+        rec = self.recs.get(path)
+        if rec is None:
+            e = self._base_lookup(path)
+            assert e is not None and e.is_file
+            rec = rec_from_entry(e)
+        else:
+            rec = replace(rec, ranges=[list(r) for r in rec.ranges])
+        key = f"{ORPHAN}{self._next_orphan}"
+        self._next_orphan += 1
+        self.orphans[key] = rec
+        return key
+
+    def drop_orphan(self, key: str) -> None:
+        """The last handle on an unlinked file closed: its bytes can go."""
+        with self.lock:
+            rec = self.orphans.pop(key, None)
+            if rec is not None and rec.overlay is not None and not self.closed:
+                self._unlink_overlay(rec.overlay)
+
+    def _rec(self, path: str) -> Rec | None:
+        return self.orphans.get(path) if path.startswith(ORPHAN) else self.recs.get(path)
+
+    def _store(self, path: str, rec: Rec) -> None:
+        """Record a change to a file; an unlinked one lives only in memory, as on any fs."""
+        if path.startswith(ORPHAN):
+            self.orphans[path] = rec
+        else:
+            self._put(path, rec)
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -339,21 +428,21 @@ class Staging:
 
     def lookup(self, path: str) -> Entry | None:
         """What the branch shows at `path` with the staged writes applied."""
-        with self.lock:
+        with self._guard():
             if not path:
                 return dir_entry("", 0o755)
-            rec = self.recs.get(path)
+            rec = self._rec(path)
             if rec is not None:
                 return None if rec.kind == WHITEOUT else rec.entry(path)
             return self._base_lookup(path)
 
     def staged_file(self, path: str) -> Rec | None:
-        with self.lock:
-            rec = self.recs.get(path)
+        with self._guard():
+            rec = self._rec(path)
             return rec if rec is not None and rec.kind == FILE else None
 
     def list_dir(self, path: str) -> list[Entry]:
-        with self.lock:
+        with self._guard():
             out: dict[str, Entry] = {}
             if self._base_shows_under(path):
                 for e in self.view.list_dir(path):
@@ -367,11 +456,12 @@ class Staging:
                     out[name] = r.entry(prefix + name)
             return [out[k] for k in sorted(out)]
 
-    def read(self, path: str, offset: int, size: int, reader: ChunkReader) -> bytes:
-        with self.lock:
-            rec = self.recs.get(path)
+    def read(self, path: str, offset: int, size: int, reader: ChunkReader) -> bytes | None:
+        """The bytes of a staged file, or None where `path` is not staged (read the base)."""
+        with self._guard():
+            rec = self._rec(path)
             if rec is None or rec.kind != FILE:
-                raise NotFound(f"/{path} is not a staged file")
+                return None
             return self._read_rec(rec, offset, size, reader)
 
     def _read_rec(self, rec: Rec, offset: int, size: int, reader: ChunkReader) -> bytes:
@@ -417,12 +507,16 @@ class Staging:
 
     # --- writing ---------------------------------------------------------------------------
 
+    def _existing(self, path: str) -> Entry:
+        e = self.lookup(path)
+        if e is None:
+            raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+        return e
+
     def _need_parent_dir(self, path: str) -> None:
         parent = parent_of(path)
         if parent:
-            p = self.lookup(parent)
-            if p is None:
-                raise StagingError(f"/{parent} does not exist", _errno.ENOENT)
+            p = self._existing(parent)
             if not p.is_dir:
                 raise StagingError(f"/{parent} is not a directory", _errno.ENOTDIR)
 
@@ -436,7 +530,7 @@ class Staging:
         self._put(path, rec)
 
     def create(self, path: str, mode: int, exclusive: bool = False) -> Entry:
-        with self.lock:
+        with self._guard():
             self._need_parent_dir(path)
             cur = self.lookup(path)
             if cur is not None:
@@ -450,24 +544,23 @@ class Staging:
             return self.recs[path].entry(path)
 
     def mkdir(self, path: str, mode: int) -> Entry:
-        with self.lock:
-            self._need_parent_dir(path)
-            if self.lookup(path) is not None:
-                raise StagingError(f"/{path} exists", _errno.EEXIST)
-            self._new_rec(path, Rec(DIR, mode & 0o7777, time.time_ns()))
-            return self.recs[path].entry(path)
+        return self._make(path, Rec(DIR, mode & 0o7777, time.time_ns()))
 
     def symlink(self, path: str, target: str) -> Entry:
-        with self.lock:
+        return self._make(path, Rec(LINK, 0o777, time.time_ns(), target=target))
+
+    def _make(self, path: str, rec: Rec) -> Entry:
+        """Place a directory or link where nothing is (neither replaces, unlike a file)."""
+        with self._guard():
             self._need_parent_dir(path)
             if self.lookup(path) is not None:
                 raise StagingError(f"/{path} exists", _errno.EEXIST)
-            self._new_rec(path, Rec(LINK, 0o777, time.time_ns(), target=target))
-            return self.recs[path].entry(path)
+            self._new_rec(path, rec)
+            return rec.entry(path)
 
     def _file_rec(self, path: str) -> Rec:
         """The staged record of a file, made from the base entry on first change (no copy)."""
-        rec = self.recs.get(path)
+        rec = self._rec(path)
         if rec is not None:
             if rec.kind != FILE:
                 raise StagingError(f"/{path} is not a file", _errno.EISDIR)
@@ -482,7 +575,7 @@ class Staging:
         return rec
 
     def write(self, path: str, offset: int, data: bytes) -> int:
-        with self.lock:
+        with self._guard():
             rec = self._file_rec(path)
             if rec.overlay is None:
                 rec.overlay = self._new_overlay()
@@ -490,7 +583,7 @@ class Staging:
             rec.ranges = add_range(rec.ranges, offset, offset + n)
             rec.size = max(rec.size, offset + n)
             rec.mtime_ns = time.time_ns()
-            self._put(path, rec)
+            self._store(path, rec)
             return n
 
     def _new_overlay(self) -> int:
@@ -501,6 +594,8 @@ class Staging:
         return n
 
     def _unlink_overlay(self, overlay: int) -> None:
+        if any(r.overlay == overlay for r in self.orphans.values()):
+            return  # an open handle still reads and writes it
         fd = self._fds.pop(overlay, None)
         if fd is not None:
             os.close(fd)
@@ -510,7 +605,7 @@ class Staging:
             pass
 
     def truncate(self, path: str, size: int) -> None:
-        with self.lock:
+        with self._guard():
             rec = self._file_rec(path)
             if size < rec.size:
                 rec.ranges = clip_ranges(rec.ranges, size)
@@ -519,11 +614,11 @@ class Staging:
                     os.ftruncate(self._fd(rec.overlay), size)
             rec.size = size
             rec.mtime_ns = time.time_ns()
-            self._put(path, rec)
+            self._store(path, rec)
 
     def setattr(self, path: str, mode: int | None = None, mtime_ns: int | None = None) -> None:
-        with self.lock:
-            rec = self.recs.get(path)
+        with self._guard():
+            rec = self._rec(path)
             if rec is None:
                 e = self._base_lookup(path)
                 if e is None:
@@ -535,7 +630,7 @@ class Staging:
                 rec.mode = mode & 0o7777
             if mtime_ns is not None:
                 rec.mtime_ns = mtime_ns
-            self._put(path, rec)
+            self._store(path, rec)
 
     def _remove(self, path: str, keep_overlays: bool = False) -> None:
         """Take `path` and all staged beneath it away, whiting out what the base had there."""
@@ -548,33 +643,36 @@ class Staging:
         if self._base_lookup(path) is not None:
             self._put(path, Rec(WHITEOUT))
 
-    def unlink(self, path: str) -> None:
-        with self.lock:
-            e = self.lookup(path)
-            if e is None:
-                raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+    def unlink(self, path: str, keep_open: bool = False) -> str | None:
+        """Remove a file; with `keep_open` (a handle has it open) return the key under which
+        those handles go on using it."""
+        with self._guard():
+            e = self._existing(path)
             if e.is_dir:
                 raise StagingError(f"/{path} is a directory", _errno.EISDIR)
+            key = self._orphan(path) if keep_open else None
             self._remove(path)
+            return key
 
     def rmdir(self, path: str) -> None:
-        with self.lock:
-            e = self.lookup(path)
-            if e is None:
-                raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+        with self._guard():
+            e = self._existing(path)
             if not e.is_dir:
                 raise StagingError(f"/{path} is not a directory", _errno.ENOTDIR)
             if self.list_dir(path):
                 raise StagingError(f"/{path} is not empty", _errno.ENOTEMPTY)
             self._remove(path)
 
-    def rename(self, old: str, new: str, noreplace: bool = False) -> None:
-        with self.lock:
+    def rename(
+        self, old: str, new: str, noreplace: bool = False, keep_open: bool = False
+    ) -> str | None:
+        """Move `old` to `new`; with `keep_open` (a handle has the replaced file open) return
+        the key under which those handles go on using the file that was at `new`."""
+        key = None
+        with self._guard():
             if old == new:
-                return
-            src = self.lookup(old)
-            if src is None:
-                raise StagingError(f"/{old} does not exist", _errno.ENOENT)
+                return None
+            src = self._existing(old)
             if new.startswith(old + "/"):
                 raise StagingError(f"cannot move /{old} into itself", _errno.EINVAL)
             self._need_parent_dir(new)
@@ -588,6 +686,8 @@ class Staging:
                     raise StagingError(f"/{new} is a directory", _errno.EISDIR)
                 if dst.is_dir and self.list_dir(new):
                     raise StagingError(f"/{new} is not empty", _errno.ENOTEMPTY)
+                if keep_open and dst.is_file:
+                    key = self._orphan(new)
                 self._remove(new)
             moved = [(old, src)]
             if src.is_dir:
@@ -605,6 +705,7 @@ class Staging:
                 if rec.kind == DIR and self.view.lookup(p) is not None:
                     rec.opaque = True
                 self._put(p, rec)
+        return key
 
     def _walk_visible(self, path: str) -> Iterator[Entry]:
         for e in self.list_dir(path):
@@ -615,18 +716,18 @@ class Staging:
     # --- sealing ---------------------------------------------------------------------------
 
     def is_empty(self) -> bool:
-        with self.lock:
+        with self._guard():
             return not self.recs
 
     def changeset(self, reader: ChunkReader, chunker: Chunker) -> ChangeSet:
         """The staged writes as a change, with every changed byte chunked and stored."""
-        with self.lock:
+        with self._guard():
             changes = ChangeSet()
             for path, rec in sorted(self.recs.items()):
                 if rec.kind == WHITEOUT or (rec.kind == DIR and rec.opaque):
                     changes.deletes.append(path)
             new_small: list[tuple[str, Rec]] = []
-            pending: list[tuple[str, Rec, _Pending | FileData]] = []
+            pending: list[tuple[str, Rec, Pending | FileData]] = []
             for path, rec in sorted(self.recs.items()):
                 if rec.kind == WHITEOUT:
                     continue
@@ -648,7 +749,7 @@ class Staging:
                 )
             return changes
 
-    def _file_data(self, rec: Rec, reader: ChunkReader, chunker: Chunker) -> _Pending | FileData:
+    def _file_data(self, rec: Rec, reader: ChunkReader, chunker: Chunker) -> Pending | FileData:
         base = clip_refs(rec.base_chunks, rec.base_len)
         whole = rec.base_len == sum(c.length for c in rec.base_chunks)
         if rec.overlay is None and rec.size == rec.base_len and whole and rec.base_digest:
@@ -671,22 +772,21 @@ class Staging:
                 spans[-1][1] = max(spans[-1][1], b)
             else:
                 spans.append([a, b])
-        pend = _Pending()
+        pend = Pending()
         pend.size = rec.size
         ri = 0
         for a, b in spans:
             # Spans start and end on reference boundaries inside the base, so every reference
             # lies wholly before, inside or after each span.
             while ri < len(base) and starts[ri] < a:
-                pend.parts.append((_done(base[ri].id), base[ri].offset, base[ri].length))
+                pend.add_ref(base[ri])
                 ri += 1
             stream = _RecStream(lambda off, n: self._read_rec(rec, off, n, reader), a, b)
-            for c in chunker.cdc.cut_stream(stream):
-                pend.parts.append((chunker._submit(bytes(c.data)), 0, c.length))
+            pend.parts.extend(chunker.add_stream(stream).parts)
             while ri < len(base) and starts[ri] < b:
                 ri += 1
         while ri < len(base):
-            pend.parts.append((_done(base[ri].id), base[ri].offset, base[ri].length))
+            pend.add_ref(base[ri])
             ri += 1
         hasher = blake3.blake3()
         for off in range(0, rec.size, _DIGEST_PIECE):
@@ -699,12 +799,6 @@ def _ref_index(starts: list[int], refs: tuple[ChunkRef, ...], offset: int) -> in
     """Index of the base reference holding byte `offset`, or None past the base's end."""
     i = bisect_right(starts, offset) - 1
     return i if i >= 0 and offset < starts[i] + refs[i].length else None
-
-
-def _done(oid: str) -> Future[str]:
-    f: Future[str] = Future()
-    f.set_result(oid)
-    return f
 
 
 class _RecStream:
@@ -723,6 +817,37 @@ class _RecStream:
         out[: len(data)] = data
         self.pos += len(data)
         return len(data)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _hold(path: Path) -> int:
+    """Take the area's lock: one process (one mount, or the CLI) writes a branch at a time.
+
+    Two processes over one area would each index the records in memory and hand out the same
+    overlay numbers, so one's writes would be lost or overwritten; refusing is the only safe
+    answer. The lock is an flock, so a killed holder (kill -9) releases it at once.
+    """
+    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise StagingError(
+            f"{path.name} is open for writing in {holder}: write and commit through it",
+            _errno.EBUSY,
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+    return fd
 
 
 def _fsync_dir(path: Path) -> None:

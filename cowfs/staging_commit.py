@@ -27,18 +27,40 @@ def open_write(lake: Lake, repo: str, branch: str) -> Staging:
 
 
 def seal(
-    lake: Lake, staging: Staging, message: str, reader: ChunkReader | None = None
+    lake: Lake,
+    staging: Staging,
+    message: str,
+    reader: ChunkReader | None = None,
+    keep_open: bool = False,
 ) -> Commit | None:
-    """Commit the staged writes to the branch (re-applied over any newer head). Returns the
-    new head, or None when there was nothing staged and the branch has no commit."""
+    """Commit the staged writes to the branch (re-applied over any newer head), then empty the
+    area onto the new head (`keep_open`) or remove it. Returns the new head, or None when there
+    was nothing staged and the branch has no commit.
+
+    Writers are blocked for the whole seal, snapshot to clearing: the staging lock is held from
+    before the changes are read until the area is emptied. A write(2) that was answered is
+    therefore either in the commit or was made after it, into the emptied area (the same
+    `Staging`, now over the new head); one that arrives while the area is being removed waits
+    and is then refused with EROFS, never answered and dropped. Carrying late writes across
+    instead would need every staged record re-based onto the new head, for a seal that is
+    short next to the writes it seals.
+    """
     own = reader is None
     reader = reader or ChunkReader(lake.store)
     try:
-        with Chunker(lake.store) as chunker:
-            changes = staging.changeset(reader, chunker)
+        with staging.lock:
+            with Chunker(lake.store) as chunker:
+                changes = staging.changeset(reader, chunker)
+            if changes:
+                head = lake.commit(staging.repo, staging.branch, changes, message)
+            else:
+                head = lake.head(staging.repo, staging.branch)
+            if keep_open:
+                tree = head.tree if head else empty_tree(lake.store)
+                staging.reset(head.id if head else None, tree)
+            else:
+                staging.destroy()
+            return head
     finally:
         if own:
             reader.close()
-    if not changes:
-        return lake.head(staging.repo, staging.branch)
-    return lake.commit(staging.repo, staging.branch, changes, message)

@@ -28,7 +28,7 @@ from cowfs.entries import Entry
 from cowfs.errors import CowfsError, NotFound, UsageError
 from cowfs.lake import Lake
 from cowfs.names import check_name
-from cowfs.staging import Staging, list_areas
+from cowfs.staging import ORPHAN, Staging, StagingError, list_areas
 from cowfs.staging_commit import open_write, seal
 from daemon import attrs
 from daemon.inodes import ROOT, InodeTable, Node
@@ -201,7 +201,10 @@ class CowFS(pyfuse3.Operations):
             return attrs.dir_attr(node.ino, self.owner, attrs.LISTING, 0o555)
         e = entry or await self._entry(node)
         et, at = self._timeouts(node)
-        return attrs.entry_attr(node.ino, e, self.owner, et, at)
+        a = attrs.entry_attr(node.ino, e, self.owner, et, at)
+        if node.extra.get("unlinked"):
+            a.st_nlink = 0  # fstat of a file deleted while open, as POSIX has it
+        return a
 
     async def _repo_exists(self, name: str) -> bool:
         try:
@@ -400,13 +403,18 @@ class CowFS(pyfuse3.Operations):
 
     @_op("releasedir")
     async def releasedir(self, fh: int) -> None:
-        self._release(fh)
+        await self._release(fh)
 
-    def _release(self, fh: int) -> None:
+    async def _release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
-        if h is not None:
-            h.node.opens -= 1
-            self.table.maybe_drop(h.node)
+        if h is None:
+            return
+        node = h.node
+        node.opens -= 1
+        self.table.maybe_drop(node)
+        if node.opens == 0 and node.path.startswith(ORPHAN) and h.view is not None:
+            # The last handle on a file unlinked while open: now its bytes can go.
+            await trio.to_thread.run_sync(h.view.staging.drop_orphan, node.path)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -451,14 +459,12 @@ class CowFS(pyfuse3.Operations):
         view = h.view
         assert view is not None
         if view.writable:
-            path = h.node.path
-            if h.node.extra.get("unlinked"):
-                return b""
-            rec = view.staging.staged_file(path)
-            if rec is not None:
-                return await trio.to_thread.run_sync(
-                    view.staging.read, path, off, size, self.reader
-                )
+            # In a thread: a seal holds the staging lock for as long as it takes.
+            staged = await trio.to_thread.run_sync(
+                view.staging.read, h.node.path, off, size, self.reader
+            )
+            if staged is not None:
+                return staged
             e = await self._entry(h.node)
         else:
             e = h.entry
@@ -486,7 +492,7 @@ class CowFS(pyfuse3.Operations):
 
     @_op("release")
     async def release(self, fh: int) -> None:
-        self._release(fh)
+        await self._release(fh)
 
     @_op("fsync")
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -526,16 +532,15 @@ class CowFS(pyfuse3.Operations):
 
     @_op("setxattr")
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        node = self._node(inode)
-        if node.kind != "view" or not node.view.writable:
-            raise _err(errno.EROFS)
-        raise _err(errno.ENOTSUP)
+        self._refuse_xattr_change(inode)
 
     @_op("removexattr")
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        node = self._node(inode)
-        if node.kind != "view" or not node.view.writable:
-            raise _err(errno.EROFS)
+        self._refuse_xattr_change(inode)
+
+    def _refuse_xattr_change(self, inode: int) -> None:
+        """Commits hold no extended attributes: read-only views say so first, as any fs would."""
+        self._writable(self._node(inode))
         raise _err(errno.ENOTSUP)
 
     @_op("statfs")
@@ -590,8 +595,6 @@ class CowFS(pyfuse3.Operations):
         h = self.handles[fh]
         if h.view is None or not h.view.writable:
             raise _err(errno.EROFS)
-        if h.node.extra.get("unlinked"):
-            return len(buf)
         return await self._staged(h.view.staging.write, h.node.path, off, buf)
 
     @_op("setattr")
@@ -615,31 +618,37 @@ class CowFS(pyfuse3.Operations):
             )
         return await self._attr(node)
 
-    @_op("mkdir")
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+    async def _make(self, parent_inode: int, name: bytes, make: str, arg: Any) -> Any:
+        """mkdir and symlink: a new child made by the staging method named `make`."""
         parent = self._node(parent_inode)
         view = self._writable(parent)
-        e = await self._staged(view.staging.mkdir, self._child_path(parent, name), mode)
+        fn = getattr(view.staging, make)
+        e = await self._staged(fn, self._child_path(parent, name), arg)
         return await self._new_child(parent, name, e)
+
+    @_op("mkdir")
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        return await self._make(parent_inode, name, "mkdir", mode)
 
     @_op("symlink")
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
-        parent = self._node(parent_inode)
-        view = self._writable(parent)
         try:
             text = target.decode("utf-8")
         except UnicodeDecodeError:
             raise _err(errno.EINVAL) from None
-        e = await self._staged(view.staging.symlink, self._child_path(parent, name), text)
-        return await self._new_child(parent, name, e)
+        return await self._make(parent_inode, name, "symlink", text)
+
+    def _is_open(self, view: View, path: str) -> bool:
+        node = self.table.by_key((view.key, path))
+        return node is not None and node.opens > 0
 
     @_op("unlink")
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         parent = self._node(parent_inode)
         view = self._writable(parent)
         path = self._child_path(parent, name)
-        await self._staged(view.staging.unlink, path)
-        self.table.detach(view.key, path)
+        kept = await self._staged(view.staging.unlink, path, self._is_open(view, path))
+        self.table.detach(view.key, path, kept)
 
     @_op("rmdir")
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -663,9 +672,12 @@ class CowFS(pyfuse3.Operations):
             raise _err(errno.ENOTSUP)
         old = self._child_path(old_parent, n_old)
         new = self._child_path(new_parent, n_new)
-        await self._staged(view.staging.rename, old, new, bool(flags & pyfuse3.RENAME_NOREPLACE))
+        noreplace = bool(flags & pyfuse3.RENAME_NOREPLACE)
+        kept = await self._staged(
+            view.staging.rename, old, new, noreplace, self._is_open(view, new)
+        )
         if old != new:
-            self.table.detach(view.key, new)
+            self.table.detach(view.key, new, kept)
             self.table.rekey(view.key, old, new)
             moved = self.table.by_key((view.key, new))
             if moved is not None:
@@ -722,12 +734,13 @@ class CowFS(pyfuse3.Operations):
             s = self.writes.get((repo, branch))
             if s is None:
                 raise NotFound(f"{repo}@{branch} is not open for writing: run `cowfs write` first")
-            commit = await trio.to_thread.run_sync(seal, self.lake, s.staging, message, self.reader)
-            del self.writes[(repo, branch)]
-            await trio.to_thread.run_sync(s.staging.destroy)
-            if keep_open:
-                st = await trio.to_thread.run_sync(open_write, self.lake, repo, branch)
-                self._open_session(st)
+            # keep_open empties the same staging area onto the new head, so the session, its
+            # view and every handle open on it carry on; see `seal` for why no write is lost.
+            commit = await trio.to_thread.run_sync(
+                functools.partial(seal, self.lake, s.staging, message, self.reader, keep_open)
+            )
+            if not keep_open:
+                del self.writes[(repo, branch)]
             self.heads.pop((repo, branch), None)
             self._invalidate_branch(repo, branch)
             return {"commit": commit.id if commit else None, "repo": repo, "branch": branch}
@@ -747,13 +760,18 @@ class CowFS(pyfuse3.Operations):
         async with self.write_lock:
             on_disk = set(await trio.to_thread.run_sync(list_areas, self.lake.url))
             for key in [k for k in self.writes if k not in on_disk]:
-                self.writes.pop(key).staging.close()
+                await trio.to_thread.run_sync(self.writes.pop(key).staging.close)
                 self.heads.pop(key, None)
                 self._invalidate_branch(*key)
             for repo, branch in on_disk - set(self.writes):
-                st = await trio.to_thread.run_sync(
-                    Staging.open, self.lake.store, self.lake.url, repo, branch
-                )
+                try:
+                    st = await trio.to_thread.run_sync(
+                        Staging.open, self.lake.store, self.lake.url, repo, branch
+                    )
+                except StagingError as e:
+                    # Another mount (or the CLI) holds it: here the branch stays read-only.
+                    log.info("not writing %s@%s here: %s", repo, branch, e)
+                    continue
                 self._open_session(st)
                 self._invalidate_branch(repo, branch)
             return {"writes": [f"{r}@{b}" for r, b in self.writes]}

@@ -105,12 +105,17 @@ class InodeTable:
                 self._by_key[stale.key] = stale
             self._by_key[n.key] = n
 
-    def detach(self, view_key: tuple, path: str) -> None:
-        """A removed path: its inode lives on for open handles but no lookup finds it."""
+    def detach(self, view_key: tuple, path: str, kept: str | None = None) -> None:
+        """A removed path: its inode lives on for open handles but no lookup finds it.
+
+        `kept` is where the staging area keeps the file for those handles (see
+        `Staging.unlink`); the node answers for it from then on."""
         node = self._by_key.get((view_key, path))
         if node is not None:
             del self._by_key[node.key]
             node.key = (view_key, "\x00dead", node.ino)
             node.extra["unlinked"] = True
+            if kept is not None:
+                node.path = kept
             self._by_key[node.key] = node
             self.maybe_drop(node)

@@ -23,13 +23,13 @@ MOUNT_WAIT_S = 30.0
 class MountedLake:
     """One store with its own cache and state folders, and (while mounted) a mount of it."""
 
-    def __init__(self, root: Path, url: str) -> None:
+    def __init__(self, root: Path, url: str, name: str = "mnt") -> None:
         self.root = root
         self.url = url
-        self.mnt = root / "mnt"
+        self.mnt = root / name
         self.mnt.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
-        self.log = root / "mount.log"
+        self.log = root / f"{name}.log"
         self._lake: Lake | None = None
 
     @property
@@ -53,6 +53,11 @@ class MountedLake:
         if check and p.returncode != 0:
             raise AssertionError(f"cowfs {' '.join(args)} failed: {p.stderr.decode()}")
         return p.stdout.decode()
+
+    def another_mount(self, name: str = "mnt2") -> MountedLake:
+        """A second mount point of the same store and state (as a second `cowfs mount` on the
+        same box would be); close it as well as this one."""
+        return MountedLake(self.root, self.url, name)
 
     def lake(self) -> Lake:
         if self._lake is None:

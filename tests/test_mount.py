@@ -405,3 +405,167 @@ def test_status_over_control_channel(local: MountedLake) -> None:
     status = call(mounts[0]["socket"], {"op": "status"})
     assert status["ok"] and status["writes"] == []
     assert not call(mounts[0]["socket"], {"op": "bogus"})["ok"]
+
+
+def _commit_files(m: MountedLake, repo: str) -> dict[str, bytes]:
+    """Every file of the branch head, read from the store without the mount."""
+    from cowfs.reader import ChunkReader
+
+    lake = m.lake()
+    head = lake.head(repo, "main")
+    assert head is not None
+    reader = ChunkReader(lake.store)
+    try:
+        return {e.path: b"".join(reader.iter_file(e)) for e in lake.walk(head) if e.is_file}
+    finally:
+        reader.close()
+
+
+def test_writes_during_a_commit_are_kept(local: MountedLake) -> None:
+    """A writer busy through several `commit --keep-open`s: every write(2) that returned is in
+    a commit or still staged, and handles open across a commit keep working."""
+    import threading
+
+    put_tree(local)
+    local.mount()
+    main = local.mnt / "images/main"
+    local.cli("write", "images@main")
+    assert wait_for(lambda: os.getxattr(main, "user.cowfs.writable") == b"1")
+    made: list[int] = []
+    appended: list[bytes] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        try:
+            with open(main / "log.bin", "ab", buffering=0) as log:
+                i = 0
+                while not stop.is_set():
+                    (main / f"w/{i}.txt").write_bytes(b"%d" % i * 50)
+                    made.append(i)
+                    line = b"line %d\n" % i
+                    log.write(line)
+                    appended.append(line)
+                    i += 1
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    os.mkdir(main / "w")
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for n in range(4):
+            want = 200 * (n + 1)
+            assert wait_for(lambda w=want: len(made) > w or bool(errors), timeout=30)
+            local.cli("commit", "images@main", "-m", f"while writing {n}", "--keep-open")
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors, errors
+    local.cli("commit", "images@main", "-m", "last")
+    files = _commit_files(local, "images")
+    lost = [i for i in made if files.get(f"w/{i}.txt") != b"%d" % i * 50]
+    assert not lost, f"{len(lost)} of {len(made)} acknowledged files lost, e.g. {lost[:5]}"
+    assert files["log.bin"] == b"".join(appended)
+
+
+def test_file_deleted_while_open(local: MountedLake) -> None:
+    """POSIX: an unlinked file lives on for its open handles (st_nlink 0), reads and writes
+    through them work, and the commit does not have it."""
+    cid, files = put_tree(local)
+    local.mount()
+    main = local.mnt / "images/main"
+    local.cli("write", "images@main")
+    assert wait_for(lambda: os.getxattr(main, "user.cowfs.writable") == b"1")
+    (main / "tmp.txt").write_bytes(b"hello")
+    fd = os.open(main / "tmp.txt", os.O_RDWR)
+    base = os.open(main / "cats/a.jpg", os.O_RDONLY)
+    replaced = os.open(main / "cats/b.jpg", os.O_RDWR)
+    try:
+        os.unlink(main / "tmp.txt")
+        os.unlink(main / "cats/a.jpg")
+        (main / "new-b").write_bytes(b"the new b")
+        os.rename(main / "new-b", main / "cats/b.jpg")
+        st = os.fstat(fd)
+        assert st.st_nlink == 0 and st.st_size == 5
+        assert os.pwrite(fd, b" world, still here", 5) == 18
+        assert os.pread(fd, 100, 0) == b"hello world, still here"
+        assert os.fstat(fd).st_size == 23
+        assert os.pread(base, 1 << 20, 0) == files["cats/a.jpg"]
+        assert os.fstat(base).st_nlink == 0
+        assert os.pread(replaced, 1 << 20, 0) == files["cats/b.jpg"]
+        os.pwrite(replaced, b"OLD", 0)
+        assert (main / "cats/b.jpg").read_bytes() == b"the new b"
+        assert not (main / "tmp.txt").exists()
+        # A commit that keeps the branch open leaves the unlinked files usable.
+        local.cli("commit", "images@main", "-m", "without them", "--keep-open")
+        os.ftruncate(fd, 5)
+        assert os.pread(fd, 100, 0) == b"hello"
+        assert os.pread(replaced, 3, 0) == b"OLD"
+    finally:
+        for f in (fd, base, replaced):
+            os.close(f)
+    committed = _commit_files(local, "images")
+    assert "tmp.txt" not in committed and "cats/a.jpg" not in committed
+    assert committed["cats/b.jpg"] == b"the new b"
+    assert os.listdir(main / "cats") == ["b.jpg"]
+
+
+def test_two_mounts_one_writer(local: MountedLake) -> None:
+    """Two mounts of one store: one holds the branch open for writing, the other refuses writes
+    (EROFS) rather than take writes a commit would not see; commits go to the holder."""
+    put_tree(local)
+    other = local.another_mount()
+    try:
+        local.mount()
+        other.mount()
+        out = subprocess.run(
+            [sys.executable, "-m", "cowfs.cli.main", "write", "images@main"],
+            env=local.env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        mains = [local.mnt / "images/main", other.mnt / "images/main"]
+        assert wait_for(
+            lambda: sum(os.getxattr(p, "user.cowfs.writable") == b"1" for p in mains) == 1
+        )
+        holds = os.getxattr(mains[0], "user.cowfs.writable") == b"1"
+        writer, reader = mains if holds else mains[::-1]
+        assert str(writer.parent.parent) in out.stderr.decode()
+        (writer / "from-holder.txt").write_bytes(b"kept")
+        with pytest.raises(OSError) as e:
+            (reader / "from-other.txt").write_bytes(b"would be lost")
+        assert e.value.errno == errno.EROFS
+        # Asking again (through either mount's CLI) keeps the same holder.
+        local.cli("write", "images@main")
+        assert os.getxattr(reader, "user.cowfs.writable") == b"0"
+        cid = local.cli("commit", "images@main", "-m", "two mounts").strip()
+        assert _commit_files(local, "images")["from-holder.txt"] == b"kept"
+        for p in mains:
+            assert wait_for(lambda p=p: os.getxattr(p, "user.cowfs.commit").decode() == cid)
+            assert (p / "from-holder.txt").read_bytes() == b"kept"
+    finally:
+        other.close()
+
+
+def test_chunker_cuts_a_stream(tmp_path: Path) -> None:
+    """`Chunker.add_stream` cuts any readable as `add_bytes` cuts the same bytes."""
+    import io
+
+    from cowfs.chunking import Chunker, Pending
+    from cowfs.lake import Lake
+
+    lake = Lake.open(str(tmp_path / "store"), create=True)
+    try:
+        data = os.urandom(5 << 20)
+        with Chunker(lake.store) as chunker:
+            streamed = chunker.add_stream(io.BytesIO(data))
+            whole = chunker.add_bytes(data)
+            chunker.wait()
+        assert isinstance(streamed, Pending)
+        assert streamed.result() == whole.result()
+        got = b"".join(lake.store.get_chunk(r.id) for r in streamed.result().chunks)
+        assert got == data
+    finally:
+        lake.close()

@@ -31,6 +31,28 @@ def _branch_ref(target: str) -> tuple[str, str]:
     return ref.repo, ref.rev
 
 
+def _holder(mounts: list[dict], repo: str, branch: str) -> dict | None:
+    """The mount that has `repo@branch` open for writing. Only one may (the staging area's lock
+    sees to it), and only that one holds every staged write, so commits must go there."""
+    from daemon.control import call
+
+    want = f"{repo}@{branch}"
+    for m in mounts:
+        info = call(m["socket"], {"op": "status"})
+        if info.get("ok") and want in info.get("writes", ()):
+            return m
+    return None
+
+
+def _reload(mounts: list[dict], but: dict | None = None) -> None:
+    """Tell the other mounts the staging areas changed (one may now open the branch)."""
+    from daemon.control import call
+
+    for m in mounts:
+        if m is not but:
+            call(m["socket"], {"op": "reload"})
+
+
 def _answer(info: dict) -> dict:
     if not info.get("ok"):
         err = CowfsError(info.get("error", "the mount refused the request"))
@@ -131,7 +153,10 @@ def umount(mountpoint: Path, lazy: bool) -> None:
 @json_option
 @pass_ctx
 def write(ctx: Context, target: str, discard: bool, as_json: bool) -> None:
-    """Open a branch for writing under the mount (copy-on-write over its head)."""
+    """Open a branch for writing under the mount (copy-on-write over its head).
+
+    With several mounts of the store, one of them holds the branch open for writing (the one
+    that had it already, else the first); under the others it stays read-only."""
     from cowfs.staging import Staging
     from cowfs.staging_commit import open_write
     from daemon.control import call, mounts_of
@@ -145,13 +170,13 @@ def write(ctx: Context, target: str, discard: bool, as_json: bool) -> None:
                 call(m["socket"], {"op": "discard", "repo": repo, "branch": branch})
         if Staging.exists(lake.url, repo, branch):
             Staging.open(lake.store, lake.url, repo, branch).destroy()
-        for m in mounts:
-            call(m["socket"], {"op": "reload"})
+        _reload(mounts)
         result = {"repo": repo, "branch": branch, "discarded": True}
     elif mounts:
-        result = _answer(call(mounts[0]["socket"], {"op": "write", "repo": repo, "branch": branch}))
-        for m in mounts[1:]:
-            call(m["socket"], {"op": "reload"})
+        holder = _holder(mounts, repo, branch) or mounts[0]
+        result = _answer(call(holder["socket"], {"op": "write", "repo": repo, "branch": branch}))
+        _reload(mounts, but=holder)
+        mounts = [holder]
     else:
         st = open_write(lake, repo, branch)
         result = {"repo": repo, "branch": branch, "base": st.base}
@@ -174,7 +199,7 @@ def write(ctx: Context, target: str, discard: bool, as_json: bool) -> None:
 def commit(ctx: Context, target: str, message: str, keep_open: bool, as_json: bool) -> None:
     """Seal the writes staged on a branch into one new commit; prints the commit id."""
     from cowfs.staging import Staging
-    from cowfs.staging_commit import open_write, seal
+    from cowfs.staging_commit import seal
     from daemon.control import call, mounts_of
 
     repo, branch = _branch_ref(target)
@@ -187,19 +212,17 @@ def commit(ctx: Context, target: str, message: str, keep_open: bool, as_json: bo
         "message": message,
         "keep_open": keep_open,
     }
-    if mounts:
-        cid = _answer(call(mounts[0]["socket"], req))["commit"]
-        for m in mounts[1:]:
-            call(m["socket"], {"op": "reload"})
+    holder = _holder(mounts, repo, branch)
+    if holder is not None:
+        cid = _answer(call(holder["socket"], req))["commit"]
     else:
         if not Staging.exists(lake.url, repo, branch):
             raise UsageError(f"{repo}@{branch} is not open for writing: run `cowfs write` first")
         st = Staging.open(lake.store, lake.url, repo, branch)
-        head = seal(lake, st, message)
-        st.destroy()
-        if keep_open:
-            open_write(lake, repo, branch).close()
+        head = seal(lake, st, message, keep_open=keep_open)
+        st.close()
         cid = head.id if head else None
+    _reload(mounts, but=holder)
     if as_json:
         emit_json({"commit": cid, "repo": repo, "branch": branch})
     else:

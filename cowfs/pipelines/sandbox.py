@@ -173,9 +173,11 @@ def build(
                 argv += ["--symlink", os.readlink(d), d]
             elif os.path.isdir(d):
                 argv += ["--ro-bind", d, d]
+        # The private /tmp comes first: Python or cowfs itself may live under /tmp (a venv, a
+        # CI checkout), and a tmpfs mounted after their binds would hide them.
+        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for d in _python_dirs():
             argv += ["--ro-bind-try", d, d]
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         argv += ["--ro-bind", str(workdir / "pfs"), "/pfs"]
         argv += ["--bind", str(workdir / "pfs" / "out"), "/pfs/out"]
         argv += ["--bind", str(workdir / "ctl"), CTL_INSIDE, "--chdir", "/pfs", "--clearenv"]
