@@ -70,10 +70,6 @@ class Pending:
         return FileData(self.size, self.digest, refs)
 
 
-#: The former private name, kept so existing importers go on working.
-_Pending = Pending
-
-
 class Chunker:
     def __init__(
         self,

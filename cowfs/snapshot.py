@@ -20,7 +20,7 @@ import blake3
 import msgpack
 
 from cowfs.changes import ChangeSet
-from cowfs.chunking import SMALL_FILE, Chunker, FileData, _Pending
+from cowfs.chunking import SMALL_FILE, Chunker, FileData, Pending
 from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
 from cowfs.errors import NotFound, UsageError
 from cowfs.names import normalize_path
@@ -164,7 +164,7 @@ def snapshot(
 
     if on_total:
         on_total(sum(f.st.st_size for f, _ in to_read))
-    results: list[tuple[Found, str, _Pending | FileData]] = []
+    results: list[tuple[Found, str, Pending | FileData]] = []
     with Chunker(store, progress) as chunker:
         small = [(f, p) for f, p in to_read if f.st.st_size < SMALL_FILE]
         large = [(f, p) for f, p in to_read if f.st.st_size >= SMALL_FILE]
