@@ -48,4 +48,9 @@ class StoreUnavailable(CowfsError):
 
 
 class ObjectMissing(NotFound):
-    """A key that must exist in the object store does not."""
+    """A key that must exist in the object store does not.
+
+    Under the mount this is an I/O error of the store, not a missing name: EIO, not ENOENT.
+    """
+
+    errno = errno.EIO

@@ -33,7 +33,14 @@ class ChunkReader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _fetch(self, oid: str) -> bytes:
-        data = self.store.get_chunk(oid)
+        """Fetch a chunk and keep it in memory. The in-flight slot is cleared whatever happens,
+        so a chunk whose fetch failed (a transient store error) is fetched again next time."""
+        try:
+            data = self.store.get_chunk(oid)
+        except BaseException:
+            with self._lock:
+                self._inflight.pop(oid, None)
+            raise
         with self._lock:
             self._inflight.pop(oid, None)
             if oid not in self._lru:
@@ -51,15 +58,25 @@ class ChunkReader:
                     self._inflight[oid] = self._pool.submit(self._fetch, oid)
 
     def chunk(self, oid: str) -> bytes:
+        """One chunk's bytes. Concurrent readers of one missing chunk share a single fetch."""
         with self._lock:
             data = self._lru.get(oid)
             if data is not None:
                 self._lru.move_to_end(oid)
                 return data
             fut = self._inflight.get(oid)
+            if fut is None:
+                mine: Future[bytes] = Future()
+                self._inflight[oid] = mine
         if fut is not None:
             return fut.result()
-        return self._fetch(oid)
+        try:
+            data = self._fetch(oid)
+        except BaseException as e:
+            mine.set_exception(e)
+            raise
+        mine.set_result(data)
+        return data
 
     def read(self, entry: Entry, offset: int, size: int, readahead: int = 0) -> bytes:
         parts = entry.refs_for(offset, size)

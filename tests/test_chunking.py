@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -120,3 +121,57 @@ def test_damaged_objects_are_refused_by_id(damage: str) -> None:
         oid = object_id(b"other")
     with pytest.raises(CorruptObject, match=oid):
         decode(oid, bytes(framed), Kind.CHUNK)
+
+
+class _FlakyStore:
+    """Fails the first fetch of every chunk, as a store with a transient error would."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.failed: set[str] = set()
+        self.fetches = 0
+
+    def get_chunk(self, oid: str) -> bytes:
+        self.fetches += 1
+        if oid not in self.failed:
+            self.failed.add(oid)
+            raise OSError("transient store error")
+        return self.inner.get_chunk(oid)
+
+
+def test_a_failed_fetch_is_retried_and_concurrent_readers_share_one(store: Store) -> None:
+    data = random.Random(3).randbytes(3 * 1024 * 1024)
+    with Chunker(store) as ch:
+        pend = ch.add_bytes(data)
+        ch.wait()
+        e = as_entry(pend.result())
+    flaky = _FlakyStore(store)
+    reader = ChunkReader(flaky)  # type: ignore[arg-type]
+    first = e.chunks[0].id
+    reader.prefetch([first])
+    reader._pool.submit(lambda: None).result()
+    for fut in list(reader._inflight.values()):
+        with contextlib.suppress(OSError):
+            fut.result()
+    assert reader.read(e, 0, 100) == data[:100]  # the failed prefetch did not stick
+    import threading
+
+    second = e.chunks[1]
+    start = sum(c.length for c in e.chunks[:1])
+    flaky.failed.add(second.id)  # this one succeeds at once
+    before = flaky.fetches
+    barrier = threading.Barrier(4)
+    results: list[bytes] = []
+
+    def read() -> None:
+        barrier.wait()
+        results.append(reader.read(e, start, 10))
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [data[start : start + 10]] * 4
+    assert flaky.fetches - before <= 2  # shared, not one fetch per reader
+    reader.close()
