@@ -446,3 +446,38 @@ def test_delta_planning_refuses_cross_join_and_group() -> None:
         with pytest.raises(ValueError):
             plan_delta(node, {}, {}, {})
     assert supports_delta(Combo("union", (pfs("a"), pfs("b"))))
+
+
+def test_input_names_must_not_collide_in_the_environment() -> None:
+    with pytest.raises(SpecError) as info:
+        parse(
+            {
+                "pipeline": "p",
+                "input": {
+                    "cross": [
+                        {"pfs": {"repo": "a", "glob": "/*", "name": "a-b"}},
+                        {"pfs": {"repo": "b", "glob": "/*", "name": "a_b"}},
+                        {"pfs": {"repo": "c", "glob": "/*", "name": "Out"}},
+                    ]
+                },
+                "transform": {"cmd": ["true"]},
+            }
+        )
+    text = str(info.value)
+    assert (
+        "input.cross[1].pfs.name: inputs 'a-b' (input.cross[0].pfs) and 'a_b' would both set "
+        "$PFS_A_B" in text
+    ), text
+    assert "input.cross[2].pfs.name: input name 'Out' would set $PFS_OUT" in text, text
+
+
+def test_batching_rejects_transform_stdin() -> None:
+    with pytest.raises(SpecError, match=r"transform.stdin: cannot be used with datum_batching"):
+        parse(
+            {
+                "pipeline": "p",
+                "input": {"pfs": {"repo": "a", "glob": "/*"}},
+                "transform": {"cmd": ["sh"], "stdin": ["echo hi"]},
+                "datum_batching": True,
+            }
+        )

@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -500,3 +501,176 @@ def test_delta_planned_jobs_equal_full_planning(
             return {(e.path, e.type, e.digest) for e in lake.walk(head)}
 
         assert content("delta") == content("full")
+
+
+def _records(env: LakeEnv, job: dict) -> tuple[list[list], dict[str, bytes]]:
+    """The job's datum-list rows and the logs it wrote, by datum hash."""
+    from cowfs.pipelines import records
+
+    lake = env.lake()
+    rows = records.get_datum_list(lake, job["pipeline"], job["id"])
+    return rows, dict(records.list_logs(lake, job["pipeline"], job["id"]))
+
+
+def test_bwrap_probe_uses_the_flags_of_a_real_run(env: LakeEnv) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.fail("this test needs bubblewrap installed")
+    src = make_files(env.root / "src", 2)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    # A bwrap that, like some kernels and containers, refuses one namespace a real run asks for.
+    fake = env.root / "bin" / "bwrap"
+    fake.parent.mkdir()
+    fake.write_text(
+        '#!/bin/sh\nfor a in "$@"; do if [ "$a" = --unshare-ipc ]; then\n'
+        "  echo 'bwrap: ipc namespace: Operation not permitted' >&2; exit 1; fi; done\n"
+        f'exec {shutil.which("bwrap")} "$@"\n'
+    )
+    fake.chmod(0o755)
+    env.env["PATH"] = f"{fake.parent}:{env.env['PATH']}"
+    portable = 'for f in "$PFS_IN"/*; do tr a-z A-Z < "$f" > "$PFS_OUT/$(basename "$f")"; done'
+    env.run(
+        "pipeline", "create", "-f", write_spec(env, spec(transform={"cmd": ["sh", "-c", portable]}))
+    )
+    proc = env.run("pipeline", "run", "up", "--json", ok=False)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    assert b"without a sandbox (bwrap does not start here: bwrap: ipc namespace" in proc.stderr
+    assert env.out("cat", "up@main:/f0001.txt") == "FILE NUMBER 1\n"
+
+
+def _shell_batch(reply: str) -> dict:
+    """A batching shell transform (as in batch.py's docstring) answering `reply` per datum."""
+    script = (
+        "while read -r line; do\n"
+        "  id=${line#'{\"id\": \"'}; id=${id%%'\"'*}\n"
+        '  for f in "$PFS_IN"/*; do cp "$f" "$PFS_OUT"/; done\n'
+        f"  {reply}\n"
+        "done\n"
+    )
+    return spec(
+        transform={"cmd": ["sh", "-c", script]},
+        datum_batching=True,
+        parallelism=1,
+        datum_tries=1,
+    )
+
+
+def test_batching_replies_must_name_their_datum(env: LakeEnv) -> None:
+    src = make_files(env.root / "src", 3)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    env.run("pipeline", "create", "-f", write_spec(env, _shell_batch('echo "$id" > "$COWFS_DONE"')))
+    job = run(env, "up")
+    assert job["processed"] == 3 and env.out("cat", "up@main:/f0002.txt") == "file number 2\n"
+
+    # A reply that names no datum completes none.
+    env.run(
+        "pipeline",
+        "update",
+        "--reprocess",
+        "-f",
+        write_spec(env, _shell_batch('echo ok > "$COWFS_DONE"')),
+    )
+    job = run_fails(env, "up")
+    assert "protocol error: expected" in job["error"] and "got 'ok'" in job["error"]
+    assert job["failed"] == 1 and job["processed"] == 0
+
+    # A repeated reply is not credited to the next datum.
+    twice = 'echo "$id" > "$COWFS_DONE"; echo "$id" > "$COWFS_DONE"'
+    env.run("pipeline", "update", "--reprocess", "-f", write_spec(env, _shell_batch(twice)))
+    job = run_fails(env, "up")
+    assert "protocol error" in job["error"] and job["processed"] == 1 and job["failed"] == 1
+
+    # `error <id> <message>` fails the try with that message.
+    fail = 'echo "error $id disk on fire" > "$COWFS_DONE"'
+    env.run("pipeline", "update", "--reprocess", "-f", write_spec(env, _shell_batch(fail)))
+    job = run_fails(env, "up")
+    assert "disk on fire" in job["error"] and "protocol error" not in job["error"]
+
+
+LOUD_BATCH = """
+import sys
+from cowfs.pipelines import batch
+for d in batch.datums():
+    name = next(d.inputs["in"].iterdir()).name
+    for _ in range(4000):
+        print("out of", name, "." * 60)
+    print("err of", name, file=sys.stderr)
+    (d.out / name).write_text(name)
+"""
+
+
+def test_batching_logs_hold_only_their_own_datum(env: LakeEnv) -> None:
+    src = make_files(env.root / "src", 6)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    loud = spec(transform={"cmd": ["python3", "-c", LOUD_BATCH]}, datum_batching=True)
+    loud["parallelism"] = 1
+    env.run("pipeline", "create", "-f", write_spec(env, loud))
+    job = run(env, "up")
+    assert job["processed"] == 6
+    rows, logs = _records(env, job)
+    assert len(rows) == 6 and len(logs) == 6
+    for h, _, _, _, label in rows:
+        name = label.removeprefix("in:/")
+        text = logs[h].decode()
+        lines = text.splitlines()
+        assert len(lines) == 4001, (name, len(lines))
+        assert lines.count(f"err of {name}") == 1, name
+        assert all(f" of {name}" in line for line in lines), name
+
+
+def test_every_failed_datum_is_recorded_and_counted(env: LakeEnv) -> None:
+    from prometheus_client import REGISTRY
+
+    from cowfs.pipelines import records
+    from cowfs.pipelines.executor import RunOptions, run_job
+    from daemon.metrics import MetricsObserver
+
+    src = make_files(env.root / "src", 2)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    # Both workers are in flight when the first datum fails; the second fails too.
+    both = spec(
+        "bothfail",
+        transform={"cmd": ["sh", "-c", 'echo "bad $(ls $PFS_IN)"; sleep 0.5; exit 4']},
+        datum_tries=1,
+    )
+    env.run("pipeline", "create", "-f", write_spec(env, both))
+    lake = env.lake()
+
+    def failed_metric() -> float:
+        labels = {"pipeline": "bothfail", "state": "failed"}
+        return REGISTRY.get_sample_value("cowfs_datums_total", labels) or 0.0
+
+    before = failed_metric()
+    job = run_job(lake, "bothfail", RunOptions(observer=MetricsObserver()))
+    assert job is not None and job.state == "failed" and job.failed == 2
+    assert failed_metric() - before == 2
+    assert "and 1 more failed datum(s)" in (job.error or "")
+    rows = records.get_datum_list(lake, "bothfail", job.id)
+    assert sorted(r[1] for r in rows) == ["failed", "failed"]
+    for h, _, _, _, label in rows:
+        rec = records.get_datum(lake, "bothfail", h)
+        assert rec is not None and rec["state"] == "failed" and rec["job"] == job.id
+        log = lake.objects.get(rec["log"]).decode()
+        assert f"bad {label.removeprefix('in:/')}" in log and "exited with status 4" in log
+
+
+def test_batching_jobs_leave_no_threads_behind(env: LakeEnv) -> None:
+    from cowfs.pipelines.executor import RunOptions, run_job
+
+    src = make_files(env.root / "src", 6)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    batched = spec(transform={"cmd": ["python3", "-c", BATCH_PY]}, datum_batching=True)
+    env.run("pipeline", "create", "-f", write_spec(env, batched))
+    lake = env.lake()
+    job = run_job(lake, "up", RunOptions())
+    assert job is not None and job.state == "success" and job.processed == 6
+    baseline = threading.active_count()
+    for _ in range(3):
+        env.run("pipeline", "update", "--reprocess", "-f", write_spec(env, batched))
+        job = run_job(lake, "up", RunOptions())
+        assert job is not None and job.state == "success" and job.processed == 6
+    assert threading.active_count() == baseline, [t.name for t in threading.enumerate()]

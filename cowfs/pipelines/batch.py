@@ -3,19 +3,29 @@
 With `datum_batching: true` the runner starts the transform once per worker and feeds it datums:
 
 1. Before each datum it fills `/pfs/<input>` with that datum's files and empties `/pfs/out`.
-2. It writes one JSON line to the process's stdin: `{"id": ..., "inputs": {name: dir}, "out": dir}`.
-3. The process does its work and writes the datum's id plus a newline to the FIFO named by
-   `$COWFS_DONE` (a line starting with `error` instead fails the datum).
+2. It writes one JSON line to the process's stdin: `{"id": ..., "inputs": {name: dir}, "out": dir}`
+   (`json.dumps` defaults, so `"id"` comes first).
+3. The process does its work, flushes stdout and stderr, and writes one line to the FIFO named by
+   `$COWFS_DONE`: the datum's id to complete it, or `error <id> <message>` to fail this try.
+   A reply must name the datum it answers, so a stray or repeated line cannot complete another
+   one: any other line fails the datum with a "protocol error" and the process is replaced.
 4. The runner collects `/pfs/out` and sends the next line; it closes stdin when none are left.
 
-A process that exits or times out fails the datum it was on; the next datum gets a fresh process.
-In Python:
+A datum's log is what the process wrote from the datum's line until its reply, which is why
+the process flushes before replying. A process that exits or times out fails the datum it was
+on; the next datum gets a fresh process. In Python:
 
     from cowfs.pipelines import batch
     for datum in batch.datums():
         (datum.out / "n.txt").write_text(str(len(list(datum.inputs["images"].iterdir()))))
 
-In a shell: `while read -r line; do ...; echo ok > "$COWFS_DONE"; done`.
+In a shell (the id is the first value of the line):
+
+    while read -r line; do
+        id=${line#'{"id": "'}; id=${id%%'"'*}
+        ...
+        echo "$id" > "$COWFS_DONE"
+    done
 
 This module must import nothing outside the standard library: it runs inside sandboxes and
 containers where only the user's Python may exist.

@@ -270,18 +270,23 @@ def _execute(lake: Lake, pipeline: Pipeline, job: Job, opts: RunOptions) -> None
     opts.say(f"job {job.id}: {job.total} datums, {len(todo)} to process, {job.skipped} skipped")
     records.put_job(lake, job)
 
-    failure = None
+    failures: list[tuple[str, Attempt, str | None]] = []
     if todo:
-        failure = _process(lake, pipeline, job, todo, entries, outputs, rows, opts)
-    if failure is not None:
-        h, attempt, log_key = failure
-        rows[h] = [h, "failed", spec.datum_tries, attempt.seconds, planned[h].label()]
+        failures = _process(lake, pipeline, job, todo, entries, outputs, rows, opts)
+    if failures:
+        for h, attempt, _ in failures:
+            rows[h] = [h, "failed", spec.datum_tries, attempt.seconds, planned[h].label()]
         records.put_datum_list(lake, spec.name, job.id, [rows[k] for k in sorted(rows)])
+        # The job's error is about the first failure; every failed datum has its own record,
+        # row and log, so the rest are counted here and found with `datum list`.
+        h, attempt, log_key = failures[0]
         tail = attempt.log[-_LOG_TAIL:].decode(errors="replace")
         msg = (
             f"datum {h[:12]} ({planned[h].label()}) failed after {spec.datum_tries} "
             f"{'try' if spec.datum_tries == 1 else 'tries'}: {attempt.error}"
         )
+        if len(failures) > 1:
+            msg += f" (and {len(failures) - 1} more failed datum(s): see `cowfs datum list`)"
         if tail.strip():
             msg += f"\n--- log of datum {h[:12]} (last {_LOG_TAIL} bytes) ---\n{tail}"
         _fail(lake, pipeline, job, msg, h, log_key, opts)
@@ -619,8 +624,10 @@ def _process(
     outputs: dict[str, list[Entry]],
     rows: dict[str, list],
     opts: RunOptions,
-) -> tuple[str, Attempt, str | None] | None:
-    """Run the datums in `todo`; fills `outputs` and `rows`. Returns the failed datum, if any."""
+) -> list[tuple[str, Attempt, str | None]]:
+    """Run the datums in `todo`; fills `outputs` and `rows`. Returns every failed datum, in
+    the order they failed: datums in flight when the first fails still finish, and each that
+    fails is recorded, so none of the failures is left without its record and log."""
     spec = pipeline.spec
     try:
         sandbox = choose(spec)
@@ -697,7 +704,7 @@ def _process(
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(nworkers)]
     for t in threads:
         t.start()
-    failure: tuple[str, Attempt, str | None] | None = None
+    failures: list[tuple[str, Attempt, str | None]] = []
     pending: list[_Done] = []
     finished_workers = 0
     last_beat = last_flush = time.monotonic()
@@ -712,9 +719,8 @@ def _process(
                     finished_workers += 1
                 elif item:
                     if item.holding is None:
-                        if failure is None:
-                            failure = _record_failure(lake, spec.name, job, item, todo_map)
-                            opts.observer.datum(spec.name, "failed", item.attempt.seconds)
+                        failures.append(_record_failure(lake, spec.name, job, item, todo_map))
+                        opts.observer.datum(spec.name, "failed", item.attempt.seconds)
                     else:
                         pending.append(item)
                 if pending and (
@@ -741,7 +747,7 @@ def _process(
         shutil.rmtree(tmp, ignore_errors=True)
     if cancel.is_set():
         raise JobInterrupted(f"job {job.id} interrupted")
-    return failure
+    return failures
 
 
 class _Either:

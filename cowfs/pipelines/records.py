@@ -377,7 +377,8 @@ def put_datum(lake: Lake, pipeline: str, record: dict) -> None:
 
 
 def put_datum_list(lake: Lake, pipeline: str, job: str, rows: list[list]) -> None:
-    """Rows `[hash, state, tries, seconds, [input paths]]`: one object for the whole job."""
+    """Rows `[hash, state, tries, seconds, label]` (label: a short string naming the datum's
+    files, for `datum list`, not its full input paths): one object for the whole job."""
     lake.objects.put(
         datum_list_key(pipeline, job), json.dumps(rows, separators=(",", ":")).encode()
     )

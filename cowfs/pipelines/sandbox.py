@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import cowfs
 from cowfs.errors import CowfsError
-from cowfs.pipelines.spec import PipelineSpec
+from cowfs.pipelines.spec import PipelineSpec, env_name
 
 #: Where the control directory (the batch protocol's FIFO) appears inside a sandbox.
 CTL_INSIDE = "/run/cowfs"
@@ -42,10 +42,6 @@ class Sandbox:
     reason: str = ""
 
 
-def env_name(input_name: str) -> str:
-    return "PFS_" + re.sub(r"[^A-Za-z0-9]", "_", input_name).upper()
-
-
 @functools.lru_cache(maxsize=1)
 def bwrap_problem() -> str:
     """Empty when bubblewrap works here; otherwise why not. Checked once per process."""
@@ -55,25 +51,16 @@ def bwrap_problem() -> str:
     exe = shutil.which("bwrap")
     if exe is None:
         return "bubblewrap (bwrap) is not installed"
+    # The probe runs the very argv of a real run (namespaces, binds, /pfs layout): a kernel or
+    # container may allow some of them and not others, and a probe that checks less would keep
+    # bubblewrap only for every datum to fail.
     try:
-        r = subprocess.run(
-            [
-                exe,
-                "--ro-bind",
-                "/",
-                "/",
-                "--dev",
-                "/dev",
-                "--proc",
-                "/proc",
-                "--unshare-net",
-                "--unshare-pid",
-                "--die-with-parent",
-                "true",
-            ],
-            capture_output=True,
-            timeout=20,
-        )
+        with tempfile.TemporaryDirectory(prefix="cowfs-bwrap-probe-") as tmp:
+            work = Path(tmp)
+            (work / "pfs" / "out").mkdir(parents=True)
+            (work / "ctl").mkdir()
+            argv = bwrap_argv(work, {"PATH": "/usr/bin:/bin"}, ["true"])
+            r = subprocess.run(argv, capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"bwrap does not start: {e}"
     if r.returncode != 0:
@@ -129,6 +116,31 @@ def _python_dirs() -> list[str]:
     return sorted(d for d in dirs if not d.startswith("/usr/") and d != "/usr")
 
 
+def bwrap_argv(workdir: Path, env: dict[str, str], cmd: list[str]) -> list[str]:
+    """The bubblewrap command line for `cmd` over `workdir`; shared with the probe so that
+    what is tested is exactly what runs."""
+    # The executable the probe found: the datum's PATH is not the runner's, and a different
+    # bwrap there would make the probe's verdict about another program.
+    argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--unshare-net",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--new-session"]  # fmt: skip
+    for d in _HOST_DIRS:
+        if os.path.islink(d):
+            argv += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            argv += ["--ro-bind", d, d]
+    # The private /tmp comes first: Python or cowfs itself may live under /tmp (a venv, a
+    # CI checkout), and a tmpfs mounted after their binds would hide them.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for d in _python_dirs():
+        argv += ["--ro-bind-try", d, d]
+    argv += ["--ro-bind", str(workdir / "pfs"), "/pfs"]
+    argv += ["--bind", str(workdir / "pfs" / "out"), "/pfs/out"]
+    argv += ["--bind", str(workdir / "ctl"), CTL_INSIDE, "--chdir", "/pfs", "--clearenv"]
+    for k, v in env.items():
+        argv += ["--setenv", k, v]
+    return [*argv, "--", *cmd]
+
+
 def build(
     sandbox: Sandbox,
     spec: PipelineSpec,
@@ -166,24 +178,7 @@ def build(
         (workdir / "home").mkdir(exist_ok=True)
         return cmd, env
     if sandbox.kind == "bwrap":
-        argv = ["bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid", "--unshare-ipc",
-                "--unshare-uts", "--new-session"]  # fmt: skip
-        for d in _HOST_DIRS:
-            if os.path.islink(d):
-                argv += ["--symlink", os.readlink(d), d]
-            elif os.path.isdir(d):
-                argv += ["--ro-bind", d, d]
-        # The private /tmp comes first: Python or cowfs itself may live under /tmp (a venv, a
-        # CI checkout), and a tmpfs mounted after their binds would hide them.
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-        for d in _python_dirs():
-            argv += ["--ro-bind-try", d, d]
-        argv += ["--ro-bind", str(workdir / "pfs"), "/pfs"]
-        argv += ["--bind", str(workdir / "pfs" / "out"), "/pfs/out"]
-        argv += ["--bind", str(workdir / "ctl"), CTL_INSIDE, "--chdir", "/pfs", "--clearenv"]
-        for k, v in env.items():
-            argv += ["--setenv", k, v]
-        return [*argv, "--", *cmd], {"PATH": env["PATH"]}
+        return bwrap_argv(workdir, env, cmd), {"PATH": env["PATH"]}
     # podman / docker
     argv = [sandbox.kind, "run", "--rm", "-i", "--network", "none", "-w", "/pfs"]
     argv += ["-v", f"{workdir / 'pfs'}:/pfs:ro", "-v", f"{workdir / 'pfs' / 'out'}:/pfs/out"]

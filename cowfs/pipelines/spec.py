@@ -43,6 +43,8 @@ _RESOURCE_FIELDS = ("cpu", "memory", "gpu")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _IUNITS = {"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+#: The variable of the output directory, which no input's variable may shadow.
+OUT_ENV = "PFS_OUT"
 
 
 class SpecError(UsageError):
@@ -135,12 +137,28 @@ class PipelineSpec:
         return out
 
 
+def env_name(input_name: str) -> str:
+    """The variable naming an input's directory. Several names map to one variable (`a-b`,
+    `a_b`; `Out` to `PFS_OUT`), so validation rejects specs where two would collide."""
+    return "PFS_" + re.sub(r"[^A-Za-z0-9]", "_", input_name).upper()
+
+
 def iter_pfs(node: InputNode):
     if isinstance(node, PfsInput):
         yield node
     else:
         for child in node.inputs:
             yield from iter_pfs(child)
+
+
+def _pfs_paths(node: InputNode, where: str) -> list[tuple[str, PfsInput]]:
+    """Each pfs input with its field path, so a problem between two inputs can name both."""
+    if isinstance(node, PfsInput):
+        return [(f"{where}.pfs", node)]
+    out = []
+    for i, child in enumerate(node.inputs):
+        out += _pfs_paths(child, f"{where}.{node.kind}[{i}]")
+    return out
 
 
 def input_to_dict(node: InputNode) -> dict[str, Any]:
@@ -204,6 +222,12 @@ def parse(data: dict[str, Any]) -> PipelineSpec:
     if not isinstance(batching, bool):
         p.add("datum_batching", "must be true or false")
         batching = False
+    if batching and transform is not None and transform.stdin:
+        p.add(
+            "transform.stdin",
+            "cannot be used with datum_batching: true, which feeds datums on stdin: put the "
+            "code in transform.cmd (e.g. [python3, -c, ...])",
+        )
     resources = _resources(data.get("resources", data.get("resource_requests")), p)
     out_branch = data.get("output_branch", DEFAULT_BRANCH)
     if not isinstance(out_branch, str) or not _valid_name(out_branch):
@@ -213,6 +237,23 @@ def parse(data: dict[str, Any]) -> PipelineSpec:
         dupes = sorted({n for n in names if names.count(n) > 1})
         for d in dupes:
             p.add("input", f"two inputs are named {d!r}: give each a distinct `name`")
+        seen: dict[str, tuple[str, str]] = {}
+        for where, inp in _pfs_paths(node, "input"):
+            var = env_name(inp.name)
+            if var == OUT_ENV:
+                p.add(
+                    f"{where}.name",
+                    f"input name {inp.name!r} would set ${OUT_ENV}, the output directory's "
+                    "variable: choose another name",
+                )
+                continue
+            first = seen.setdefault(var, (where, inp.name))
+            if first[1] != inp.name:  # equal names are reported above as duplicates
+                p.add(
+                    f"{where}.name",
+                    f"inputs {first[1]!r} ({first[0]}) and {inp.name!r} would both set ${var}: "
+                    "rename one",
+                )
         if name and any(i.repo == name for i in iter_pfs(node)):
             p.add("input", f"pipeline {name} cannot read its own output repo {name}")
     if p.problems or node is None or transform is None or name is None:

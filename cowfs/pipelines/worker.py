@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import queue
+import select
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -70,8 +71,9 @@ class Worker:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         # batch mode
-        self._done: queue.Queue[str] = queue.Queue()
         self._log = bytearray()
+        self._replies = bytearray()
+        self._out_open = False
         self._fifo_fd: int | None = None
 
     # --- the datum's directories -------------------------------------------------------------
@@ -156,54 +158,74 @@ class Worker:
         return Attempt(not error, error, log, time.monotonic() - t0)
 
     # --- batching ----------------------------------------------------------------------------
+    #
+    # One thread does all of a batching worker's reading, with select() over the process's
+    # output and the FIFO: a reply is only acted on after the output pipe has been drained, and
+    # the helper flushes before it replies, so everything written while a datum was in progress
+    # is in its log and nothing of it in the next one's. No reader threads means nothing can be
+    # left blocked on a descriptor when the worker closes.
 
     def _ensure_batch_process(self) -> subprocess.Popen:
-        with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                return self._proc
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        self._stop_batch_process()
         fifo = self.root / "ctl" / "done"
         if self._fifo_fd is None:
             if not fifo.exists():
                 os.mkfifo(fifo)
-            # Read-write so the FIFO never reports end-of-file between writers.
-            self._fifo_fd = os.open(fifo, os.O_RDWR)
-            threading.Thread(target=self._read_done, daemon=True).start()
-        while not self._done.empty():
-            self._done.get_nowait()
+            # Read-write so the FIFO never reports end-of-file between writers, and opening it
+            # does not wait for one; non-blocking so a read never outlives the worker.
+            self._fifo_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        # Lines a dead process left behind belong to no datum of the fresh one.
+        self._drain_fd(self._fifo_fd)
+        self._replies = bytearray()
         proc = self._spawn(subprocess.PIPE)
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
         with self._lock:
             self._proc = proc
-            self._log = bytearray()
-        threading.Thread(target=self._read_log, args=(proc,), daemon=True).start()
+        self._log = bytearray()
+        self._out_open = True
         return proc
 
-    def _read_done(self) -> None:
-        with os.fdopen(self._fifo_fd, "rb", buffering=0, closefd=False) as f:
-            buf = b""
-            while True:
-                try:
-                    data = f.read(4096)
-                except OSError:
-                    return
-                if not data:
-                    return
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    self._done.put(line.decode(errors="replace"))
+    @staticmethod
+    def _drain_fd(fd: int, reads: int = 1 << 30) -> bytes | None:
+        """What can be read now without waiting (in at most `reads` reads, so a process that
+        never stops writing cannot hold the loop); None at end-of-file."""
+        got = bytearray()
+        for _ in range(reads):
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return bytes(got)
+            if not data:
+                return bytes(got) if got else None
+            got += data
+        return bytes(got)
 
-    def _read_log(self, proc: subprocess.Popen) -> None:
+    def _read_output(self, proc: subprocess.Popen, reads: int = 1 << 30) -> None:
+        """Move what the process has written so far into the log."""
+        if not self._out_open:
+            return
         assert proc.stdout is not None
-        for data in iter(lambda: proc.stdout.read1(65536), b""):
-            with self._lock:
-                self._log += data
-                if len(self._log) > 2 * LOG_LIMIT:
-                    del self._log[:-LOG_LIMIT]
+        data = self._drain_fd(proc.stdout.fileno(), reads)
+        if data is None:
+            self._out_open = False
+            return
+        self._log += data
+        if len(self._log) > 2 * LOG_LIMIT:
+            del self._log[:-LOG_LIMIT]
+
+    def _next_reply(self) -> str | None:
+        if b"\n" not in self._replies:
+            return None
+        line, _, rest = bytes(self._replies).partition(b"\n")
+        self._replies = bytearray(rest)
+        return line.decode(errors="replace").strip()
 
     def _take_log(self) -> bytes:
-        with self._lock:
-            out = bytes(self._log[-LOG_LIMIT:])
-            self._log = bytearray()
+        out = bytes(self._log[-LOG_LIMIT:])
+        self._log = bytearray()
         return out
 
     def _run_batched(self, datum_id: str, timeout: float | None) -> Attempt:
@@ -212,6 +234,7 @@ class Worker:
             proc = self._ensure_batch_process()
         except OSError as e:
             return Attempt(False, f"cannot start {self.argv[0]}: {e.strerror}", b"", 0.0)
+        assert self._fifo_fd is not None and proc.stdout is not None
         pfs = "/pfs" if self.inside else str(self.pfs)
         line = {
             "id": datum_id,
@@ -225,31 +248,62 @@ class Worker:
         except (BrokenPipeError, OSError):
             pass  # it died: reported below with its exit status
         deadline = None if timeout is None else t0 + timeout
+
+        def result(ok: bool, error: str) -> Attempt:
+            return Attempt(ok, error, self._take_log(), time.monotonic() - t0)
+
         while True:
-            try:
-                reply = self._done.get(timeout=0.05)
-            except queue.Empty:
-                reply = None
+            reply = self._next_reply()
             if reply is not None:
-                reply = reply.strip()
-                if reply.startswith("error"):
-                    return Attempt(False, reply, self._take_log(), time.monotonic() - t0)
-                return Attempt(True, "", self._take_log(), time.monotonic() - t0)
+                # The reply was written after the output it follows: drain that first.
+                self._read_output(proc)
+                return self._judge(proc, datum_id, reply, result)
+            fds = [self._fifo_fd] + ([proc.stdout.fileno()] if self._out_open else [])
+            ready, _, _ = select.select(fds, [], [], 0.05)
+            if proc.stdout.fileno() in ready:
+                self._read_output(proc, reads=16)
+            if self._fifo_fd in ready:
+                self._replies += self._drain_fd(self._fifo_fd) or b""
+                continue
             if self.cancel.is_set():
                 self._kill(proc)
                 raise Cancelled()
             code = proc.poll()
             if code is not None:
-                time.sleep(0.02)  # let the log reader catch the last words
-                if not self._done.empty():
-                    continue
-                error = _exit_text(code) + " before reporting the datum done"
-                return Attempt(False, error, self._take_log(), time.monotonic() - t0)
+                self._replies += self._drain_fd(self._fifo_fd) or b""
+                if b"\n" in self._replies:
+                    continue  # it replied, then exited: the reply counts
+                self._read_output(proc)
+                return result(False, _exit_text(code) + " before reporting the datum done")
             if deadline is not None and time.monotonic() > deadline:
                 self._kill(proc)
                 proc.wait()
-                error = f"timed out after {timeout:g} s (datum_timeout)"
-                return Attempt(False, error, self._take_log(), time.monotonic() - t0)
+                self._read_output(proc)
+                return result(False, f"timed out after {timeout:g} s (datum_timeout)")
+
+    def _judge(
+        self,
+        proc: subprocess.Popen,
+        datum_id: str,
+        reply: str,
+        result: Callable[[bool, str], Attempt],
+    ) -> Attempt:
+        """A reply must name the datum it completes, so a stray or repeated line can never
+        complete another datum; one that does not is a protocol error, and the process, whose
+        place in the stream is now unknown, is replaced."""
+        if reply == datum_id:
+            return result(True, "")
+        words = reply.split(maxsplit=2)
+        if len(words) >= 2 and words[0] == "error" and words[1] == datum_id:
+            return result(False, reply)
+        self._kill(proc)
+        proc.wait()
+        self._read_output(proc)
+        return result(
+            False,
+            f"protocol error: expected {datum_id!r} or 'error {datum_id} <message>' on "
+            f"$COWFS_DONE, got {reply[:200]!r}",
+        )
 
     # --- stopping ----------------------------------------------------------------------------
 
@@ -259,27 +313,43 @@ class Worker:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def _stop_batch_process(self) -> None:
+        """End the batch process (stdin closed: a well-behaved one exits; else killed) and
+        close its pipes, each once."""
+        with self._lock:
+            proc = self._proc
+            self._proc = None
+        if proc is None:
+            return
+        if proc.poll() is None and proc.stdin is not None:
+            try:
+                proc.stdin.close()  # end of datums: a well-behaved process exits now
+                proc.wait(timeout=2)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if proc.poll() is None:
+            self._kill(proc)
+            proc.wait()
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
     def close(self) -> None:
+        if self.batch:
+            self._stop_batch_process()
+            if self._fifo_fd is not None:
+                os.close(self._fifo_fd)
+                self._fifo_fd = None
+            return
         with self._lock:
             proc = self._proc
             self._proc = None
         if proc is not None and proc.poll() is None:
-            if self.batch and proc.stdin is not None:
-                try:
-                    proc.stdin.close()  # end of datums: a well-behaved process exits now
-                    proc.wait(timeout=2)
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
-            if proc.poll() is None:
-                self._kill(proc)
-                proc.wait()
-        if self._fifo_fd is not None:
-            try:
-                os.write(self._fifo_fd, b"")
-                os.close(self._fifo_fd)
-            except OSError:
-                pass
-            self._fifo_fd = None
+            self._kill(proc)
+            proc.wait()
 
 
 def _drain(proc: subprocess.Popen, chunks: list[bytes]) -> None:
