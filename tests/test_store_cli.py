@@ -178,31 +178,27 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(lake_env: LakeEnv, tmp_
 
 
 def test_unreachable_or_missing_store(tmp_path: Path, local_env: LakeEnv) -> None:
-    env = dict(local_env.env)
-    env["COWFS_STORE"] = str(tmp_path / "never-initialised")
-    proc = subprocess.run(
-        [sys.executable, "-m", "cowfs.cli.main", "repo", "list"],
-        env=env,
-        capture_output=True,
-        timeout=60,
+    missing = LakeEnv(
+        str(tmp_path / "never-initialised"),
+        tmp_path,
+        dict(local_env.env, COWFS_STORE=str(tmp_path / "never-initialised")),
     )
-    assert proc.returncode == 1
-    assert b"cowfs init" in proc.stderr
-    env.update(
-        COWFS_STORE="s3://bucket/x",
-        AWS_ENDPOINT_URL="http://127.0.0.1:9",
-        AWS_ACCESS_KEY_ID="k",
-        AWS_SECRET_ACCESS_KEY="s",
+    code, err = missing.fail("repo", "list")
+    assert code == 1 and "cowfs init" in err
+    unreachable = LakeEnv(
+        "s3://bucket/x",
+        tmp_path,
+        dict(
+            local_env.env,
+            COWFS_STORE="s3://bucket/x",
+            AWS_ENDPOINT_URL="http://127.0.0.1:9",
+            AWS_ACCESS_KEY_ID="k",
+            AWS_SECRET_ACCESS_KEY="s",
+        ),
     )
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "cowfs.cli.main", "repo", "list"],
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    err = proc.stderr.decode().strip()
+    code, err = unreachable.fail("repo", "list")
+    assert code == 1
     assert len(err.splitlines()) == 1 and "127.0.0.1:9" in err, err
     assert time.monotonic() - t0 < 60
 
