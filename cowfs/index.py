@@ -133,13 +133,14 @@ class Index:
             tmp.write_bytes(data)
             os.replace(tmp, path)
         with self.env.begin(write=True) as txn:
+            total = self._total(txn)
             if txn.get(k, db=self._atime) is None:
-                total = self._total(txn) + size
+                total += size
                 txn.put(b"cached_bytes", struct.pack("<Q", total), db=self._meta)
             if path is None:
                 txn.put(k, data, db=self._blobs)
             txn.put(k, _ATIME.pack(size, int(time.time())), db=self._atime)
-        if self.cached_bytes() > self.cache_bytes:
+        if total > self.cache_bytes:
             self._evict()
 
     def _total(self, txn: lmdb.Transaction) -> int:
