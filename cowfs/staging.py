@@ -5,10 +5,13 @@ a record per path that was created, changed or deleted (a "whiteout"), and for a
 its base chunk references plus a sparse local overlay file holding just the bytes written. A
 directory made again over one that was deleted is "opaque": nothing of the base shows beneath it.
 
-Records live in an LMDB env that is written on every change without fsync: a transaction that
-returned is in the page cache, so it survives the daemon being killed (kill -9); `sync()` (on
-fsync and before a commit) makes it survive power loss as well. Overlay bytes are `pwrite`n to
-ordinary sparse files for the same reason.
+Records live in an LMDB env opened with `sync=True, metasync=False`: every change is one
+transaction whose data pages are flushed, so a crash or power loss can at worst undo the last
+transaction, never corrupt the database (LMDB without `sync` promises no such thing). Overlay
+bytes are `pwrite`n to ordinary sparse files: an answered write survives the daemon being
+killed (kill -9), and `sync(path)` (fsync(2) on a staged file) makes that file's overlay, its
+directory entry and the records survive power loss as well. A seal needs no sync: until the
+ref moves, losing staged writes to power loss is what losing un-fsynced writes always is.
 
 At commit, a changed file is re-chunked only around what changed: each dirty byte range is
 widened to the base chunk references it touches, that span is cut again, and every other
@@ -29,6 +32,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -186,6 +190,13 @@ def area_dir(url: str, repo: str, branch: str) -> Path:
     return state_dir() / "staging" / xxhash.xxh3_64_hexdigest(url.encode()) / f"{repo}@{branch}"
 
 
+def _complete(path: Path) -> bool:
+    """Whether `path` holds a whole area: `start` writes `meta.json` before it makes `recs/`, so
+    `recs/` without `meta.json` is a remnant of an interrupted removal (older versions removed
+    an area in place), and counts as no area at all."""
+    return (path / "recs").is_dir() and (path / "meta.json").is_file()
+
+
 def list_areas(url: str) -> list[tuple[str, str]]:
     """(repo, branch) of every staging area open on the store at `url`."""
     root = state_dir() / "staging" / xxhash.xxh3_64_hexdigest(url.encode())
@@ -194,7 +205,7 @@ def list_areas(url: str) -> list[tuple[str, str]]:
     out = []
     for d in sorted(root.iterdir()):
         repo, at, branch = d.name.partition("@")
-        if at and (d / "recs").is_dir():
+        if at and not repo.startswith(".") and _complete(d):
             out.append((repo, branch))
     return out
 
@@ -211,6 +222,7 @@ class Staging:
         base: str | None,
         base_tree: str,
         path: Path,
+        lock_fd: int | None = None,
     ) -> None:
         self.store = store
         self.url = url
@@ -221,10 +233,10 @@ class Staging:
         self.view = TreeView(store, base_tree)
         self.path = path
         self.lock = threading.RLock()
-        self._lock_fd = _hold(path)
+        self._lock_fd = _hold(path) if lock_fd is None else lock_fd
         self.closed = False
         self.env = lmdb.open(
-            str(path / "recs"), map_size=1 << 34, max_dbs=4, sync=False, metasync=False, subdir=True
+            str(path / "recs"), map_size=1 << 34, max_dbs=4, sync=True, metasync=False, subdir=True
         )
         self._recs_db = self.env.open_db(b"recs")
         self._meta_db = self.env.open_db(b"meta")
@@ -249,10 +261,32 @@ class Staging:
         cls, store: Store, url: str, repo: str, branch: str, base: str | None, base_tree: str
     ) -> Staging:
         path = area_dir(url, repo, branch)
-        if (path / "recs").is_dir():
+        if _complete(path):
             return cls.open(store, url, repo, branch)
+        _sweep(path.parent)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "data").mkdir(exist_ok=True)
+        lock = _hold(path)
+        try:
+            if _complete(path):  # another process made it meanwhile
+                meta = msgpack.unpackb((path / "meta.json").read_bytes())
+                base, base_tree = meta["base"], meta["tree"]
+            else:
+                cls._lay_out(path, url, repo, branch, base, base_tree)
+            return cls(store, url, repo, branch, base, base_tree, path, lock)
+        except BaseException:
+            os.close(lock)
+            raise
+
+    @staticmethod
+    def _lay_out(
+        path: Path, url: str, repo: str, branch: str, base: str | None, base_tree: str
+    ) -> None:
+        """Lay out a new area, under its lock. Whatever an interrupted `start`, or a removal in
+        place by an older version, left goes first; `recs/` comes last, so until it is made
+        the area is incomplete and counts as absent."""
+        shutil.rmtree(path / "recs", ignore_errors=True)
+        shutil.rmtree(path / "data", ignore_errors=True)
+        (path / "data").mkdir()
         meta = {
             "url": url,
             "repo": repo,
@@ -262,25 +296,24 @@ class Staging:
             "opened": time.time(),
         }
         _write_durably(path / "meta.json", msgpack.packb(meta))
-        (path / "recs").mkdir(exist_ok=True)
+        (path / "recs").mkdir()
         _fsync_dir(path)
-        return cls(store, url, repo, branch, base, base_tree, path)
 
     @classmethod
     def exists(cls, url: str, repo: str, branch: str) -> bool:
-        return (area_dir(url, repo, branch) / "recs").is_dir()
+        return _complete(area_dir(url, repo, branch))
 
     @classmethod
     def open(cls, store: Store, url: str, repo: str, branch: str) -> Staging:
         path = area_dir(url, repo, branch)
-        if not (path / "recs").is_dir():
+        if not _complete(path):
             raise NotFound(
                 f"{repo}@{branch} is not open for writing: run `cowfs write {repo}@{branch}`"
             )
         meta = msgpack.unpackb((path / "meta.json").read_bytes())
         return cls(store, url, repo, branch, meta["base"], meta["tree"], path)
 
-    def close(self) -> None:
+    def close(self, release: bool = True) -> None:
         """Let go of the area (kept on disk) and of its lock, so another process may open it.
 
         A handle still holding this object gets EROFS from then on, never a write into an area
@@ -293,18 +326,37 @@ class Staging:
                 os.close(fd)
             self._fds.clear()
             self.env.close()
-            os.close(self._lock_fd)
+            if release:
+                os.close(self._lock_fd)
 
     def destroy(self) -> None:
-        """Forget every staged write (after a commit sealed them, or on discard)."""
-        self.close()
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Forget every staged write (after a commit sealed them, or on discard).
 
-    def sync(self) -> None:
+        Crash-safe: the area is renamed aside in one step (and the rename made durable) before
+        anything in it is removed, so a crash leaves either the whole area or none; a remnant
+        aside is swept by the next `start`. The lock is let go only once the area is gone."""
+        with self.lock:
+            if self.closed:
+                return
+            self.close(release=False)
+            try:
+                _remove_area(self.path)
+            finally:
+                os.close(self._lock_fd)
+
+    def sync(self, path: str | None = None) -> None:
+        """Make the staged state of `path` (every staged file when None) survive power loss:
+        its overlay's bytes, the overlay's directory entry, and the records."""
         with self._guard():
-            self._check_open()
-            for fd in self._fds.values():
-                os.fdatasync(fd)
+            if path is None:
+                recs = [*self.recs.values(), *self.orphans.values()]
+            else:
+                rec = self._rec(path)
+                recs = [rec] if rec is not None else []
+            for rec in recs:
+                if rec.kind == FILE and rec.overlay is not None:
+                    os.fdatasync(self._fd(rec.overlay))
+            _fsync_dir(self.path / "data")
             self.env.sync(True)
 
     @contextlib.contextmanager
@@ -435,11 +487,6 @@ class Staging:
             if rec is not None:
                 return None if rec.kind == WHITEOUT else rec.entry(path)
             return self._base_lookup(path)
-
-    def staged_file(self, path: str) -> Rec | None:
-        with self._guard():
-            rec = self._rec(path)
-            return rec if rec is not None and rec.kind == FILE else None
 
     def list_dir(self, path: str) -> list[Entry]:
         with self._guard():
@@ -618,6 +665,10 @@ class Staging:
 
     def setattr(self, path: str, mode: int | None = None, mtime_ns: int | None = None) -> None:
         with self._guard():
+            if not path:
+                # A commit has no entry for its root, so there is nothing to record: accepted
+                # and ignored, as the owner's chmod and touch of a directory must succeed.
+                return
             rec = self._rec(path)
             if rec is None:
                 e = self._base_lookup(path)
@@ -714,10 +765,6 @@ class Staging:
                 yield from self._walk_visible(e.path)
 
     # --- sealing ---------------------------------------------------------------------------
-
-    def is_empty(self) -> bool:
-        with self._guard():
-            return not self.recs
 
     def changeset(self, reader: ChunkReader, chunker: Chunker) -> ChangeSet:
         """The staged writes as a change, with every changed byte chunked and stored."""
@@ -845,9 +892,39 @@ def _hold(path: Path) -> int:
             f"{path.name} is open for writing in {holder}: write and commit through it",
             _errno.EBUSY,
         ) from None
+    try:
+        held, now = os.fstat(fd), os.stat(path / "lock")
+    except FileNotFoundError:
+        now = None
+    if now is None or (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+        # The holder was removing the area (`destroy`) and has just let go of it.
+        os.close(fd)
+        raise StagingError(f"{path.name} was being removed: try again", _errno.EBUSY)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
     return fd
+
+
+_ASIDE = ".removing-"
+
+
+def _remove_area(path: Path) -> None:
+    """Rename the area aside (atomic, then durable), then remove it at leisure."""
+    aside = path.with_name(f"{_ASIDE}{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    _fsync_dir(path.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _sweep(root: Path) -> None:
+    """Remove what a crash in the middle of `_remove_area` left aside."""
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith(_ASIDE):
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -2,8 +2,9 @@
 
 A commit must go through the mount when one runs: the mount holds the staging area open and
 must show the new head right after. Each mount listens on an abstract Unix socket (no path-length
-limit, nothing left behind by a kill -9) and registers it in `state_dir()/mounts/<pid>.json`, so
-the CLI finds the mounts of its store; a registration whose socket no longer answers is stale.
+limit, nothing left behind by a kill -9) named `cowfs-<pid>-<12 hex>` and registers it in
+`state_dir()/mounts/<pid>-<12 hex>.json` (the same 12 hex digits), so the CLI finds the mounts of
+its store; a registration whose socket no longer answers is stale.
 Requests and answers are one JSON object per line.
 """
 

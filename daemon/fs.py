@@ -45,6 +45,13 @@ DIR_READAHEAD = 24
 #: How stale a branch head may be when a lookup resolves the branch directory.
 HEAD_FRESH_S = 0.3
 POLL_S = 1.0
+#: A view no inode or handle has used for this long is dropped from `CowFS.views` (its caches
+#: with it); the sweep runs every `SWEEP_S`.
+VIEW_IDLE_S = 60.0
+SWEEP_S = 10.0
+#: A branch directory not looked up for this long is no longer polled for head moves: its
+#: dentry (valid `attrs.BRANCH` seconds) has long expired, so the next walk looks it up anew.
+WATCH_IDLE_S = 60.0
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -111,6 +118,8 @@ class Handle:
     #: The entry a read-only handle was opened on: it reads that even after the head moves.
     entry: Entry | None = None
     writable: bool = False
+    #: Opened on a writable view: reads follow the view (staged, then the head it froze onto).
+    live: bool = False
     next_off: int = 0
     last_chunk: int = -1
     listing: list[tuple[bytes, Any]] = field(default_factory=list)
@@ -136,10 +145,12 @@ class CowFS(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
         self.views: dict[tuple, View] = {}
+        #: view key -> when a lookup or a kernel reference last used it (`_sweep_views`).
+        self._used: dict[tuple, float] = {}
         #: (repo, branch) -> (head commit id or None, when checked)
         self.heads: dict[tuple[str, str], tuple[str | None, float]] = {}
-        #: Branch directories the kernel may hold: (repo, branch) -> repo inode.
-        self.watched: dict[tuple[str, str], int] = {}
+        #: Branch directories the kernel may hold: (repo, branch) -> (repo inode, last lookup).
+        self.watched: dict[tuple[str, str], tuple[int, float]] = {}
         self.writes: dict[tuple[str, str], WriteSession] = {}
         self._epoch = 0
         self._repos_ok: dict[str, float] = {}
@@ -190,7 +201,8 @@ class CowFS(pyfuse3.Operations):
         view: View = node.view
         if view.writable:
             return (attrs.BRANCH if not node.path else attrs.WRITABLE), attrs.WRITABLE
-        if not node.path and view.key[0] == "b":
+        if not node.path and view.key[0] in "bw":
+            # "w" here: a write view frozen onto the head when its session ended.
             return attrs.BRANCH, attrs.FOREVER
         return attrs.FOREVER, attrs.FOREVER
 
@@ -235,7 +247,7 @@ class CowFS(pyfuse3.Operations):
             view = self.views.get(key)
             if view is None:
                 view = self.views[key] = write_view(key, s.staging)
-            return view
+            return self._use(view)
         cid = await self._head(repo, branch)
         if cid is None:
             return None
@@ -246,12 +258,20 @@ class CowFS(pyfuse3.Operations):
             view = self.views[key] = commit_view(key, self.lake.store, commit, branch)
             # The head's previous view lives on only in the inodes and handles that hold it.
             for k in [k for k in self.views if k[:3] == ("b", repo, branch) and k != key]:
-                del self.views[k]
+                self._drop_view(k)
+        return self._use(view)
+
+    def _use(self, view: View) -> View:
+        self._used[view.key] = time.monotonic()
         return view
 
+    def _drop_view(self, key: tuple) -> None:
+        self.views.pop(key, None)
+        self._used.pop(key, None)
+
     async def _commit_view(self, repo: str, ident: str) -> View | None:
-        key = ("c", repo, ident)
-        view = self.views.get(key)
+        # Keyed by the full id, so every prefix of one commit shares one view (and its inodes).
+        view = self.views.get(("c", repo, ident))
         if view is None:
             try:
                 commit = await trio.to_thread.run_sync(self.lake.find_commit, repo, ident)
@@ -259,8 +279,22 @@ class CowFS(pyfuse3.Operations):
                 return None
             if commit is None:
                 return None
-            view = self.views[key] = commit_view(key, self.lake.store, commit)
-        return view
+            key = ("c", repo, commit.id)
+            view = self.views.get(key)
+            if view is None:
+                view = self.views[key] = commit_view(key, self.lake.store, commit)
+        return self._use(view)
+
+    async def _gid_repos(self, gid: str) -> dict[str, Commit]:
+        """Per repo, the commit `/.ids/<gid>/<repo>` shows: a repo may hold several commits of
+        one global ID (failed pipeline runs carry it too), so the newest finished one, else the
+        newest of the others."""
+        best: dict[str, Commit] = {}
+        for c in await self._gid_commits(gid):
+            cur = best.get(c.repo)
+            if cur is None or _rank(c) > _rank(cur):
+                best[c.repo] = c
+        return best
 
     async def _gid_commits(self, gid: str) -> list[Commit]:
         try:
@@ -272,7 +306,7 @@ class CowFS(pyfuse3.Operations):
     def _view_root(self, view: View, parent: int, name: bytes) -> Node:
         node = self.table.ensure((view.key, ""), "view", view, "", parent, name)
         if view.branch is not None and view.key[0] in "bw":
-            self.watched[(view.repo, view.branch)] = parent
+            self.watched[(view.repo, view.branch)] = (parent, time.monotonic())
         return node
 
     # --- lookup and attributes -----------------------------------------------------------------
@@ -306,11 +340,11 @@ class CowFS(pyfuse3.Operations):
             key = ("g", parent.path, name)
             view = self.views.get(key)
             if view is None:
-                found = [c for c in await self._gid_commits(parent.path) if c.repo == name]
-                if not found:
+                found = (await self._gid_repos(parent.path)).get(name)
+                if found is None:
                     raise _err(errno.ENOENT)
-                view = self.views[key] = commit_view(key, self.lake.store, found[0])
-            return self._view_root(view, parent.ino, raw), None
+                view = self.views[key] = commit_view(key, self.lake.store, found)
+            return self._view_root(self._use(view), parent.ino, raw), None
         view = parent.view
         path = _join(parent.path, name)
         e = view.cached(path)
@@ -368,8 +402,8 @@ class CowFS(pyfuse3.Operations):
             branches = await trio.to_thread.run_sync(self.lake.branches, node.path)
             h.listing = [(b.encode(), ("branch", node.path, b)) for b, _ in sorted(branches)]
         elif node.kind == "gid":
-            commits = await self._gid_commits(node.path)
-            h.listing = [(c.repo.encode(), ("gidrepo", c.repo)) for c in commits]
+            repos = sorted(await self._gid_repos(node.path))
+            h.listing = [(r.encode(), ("gidrepo", r)) for r in repos]
         else:
             e = await self._entry(node)
             if not e.is_dir:
@@ -412,9 +446,10 @@ class CowFS(pyfuse3.Operations):
         node = h.node
         node.opens -= 1
         self.table.maybe_drop(node)
-        if node.opens == 0 and node.path.startswith(ORPHAN) and h.view is not None:
+        st = h.view.staging if h.view is not None else None
+        if node.opens == 0 and node.path.startswith(ORPHAN) and st is not None:
             # The last handle on a file unlinked while open: now its bytes can go.
-            await trio.to_thread.run_sync(h.view.staging.drop_orphan, node.path)
+            await trio.to_thread.run_sync(st.drop_orphan, node.path)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -430,7 +465,7 @@ class CowFS(pyfuse3.Operations):
         wants_write = flags & (os.O_WRONLY | os.O_RDWR) or flags & os.O_TRUNC
         if wants_write and not view.writable:
             raise _err(errno.EROFS)
-        h = Handle(node, view, entry=e, writable=bool(wants_write))
+        h = Handle(node, view, entry=e, writable=bool(wants_write), live=view.writable)
         if view.writable and flags & os.O_TRUNC:
             await self._staged(view.staging.truncate, node.path, 0)
         if view.immutable:
@@ -460,11 +495,18 @@ class CowFS(pyfuse3.Operations):
         assert view is not None
         if view.writable:
             # In a thread: a seal holds the staging lock for as long as it takes.
-            staged = await trio.to_thread.run_sync(
-                view.staging.read, h.node.path, off, size, self.reader
-            )
+            st = view.staging
+            try:
+                staged = await trio.to_thread.run_sync(st.read, h.node.path, off, size, self.reader)
+            except StagingError as err:
+                if err.errno != errno.EROFS or view.staging is st:
+                    raise
+                staged = None  # the session ended meanwhile: read the head it froze onto
             if staged is not None:
                 return staged
+            e = await self._entry(h.node)
+        elif h.live:
+            # Opened while the branch was open for writing: what it had is now the head.
             e = await self._entry(h.node)
         else:
             e = h.entry
@@ -498,7 +540,7 @@ class CowFS(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self.handles.get(fh)
         if h is not None and h.view is not None and h.view.writable:
-            await trio.to_thread.run_sync(h.view.staging.sync)
+            await trio.to_thread.run_sync(h.view.staging.sync, h.node.path)
 
     # --- extended attributes -------------------------------------------------------------------
 
@@ -587,7 +629,7 @@ class CowFS(pyfuse3.Operations):
         a = await self._new_child(parent, name, e)
         node = self.table.by_key((view.key, path))
         assert node is not None
-        h = Handle(node, view, entry=e, writable=True)
+        h = Handle(node, view, entry=e, writable=True, live=True)
         return pyfuse3.FileInfo(fh=self._new_fh(h), keep_cache=False), a
 
     @_op("write")
@@ -607,6 +649,8 @@ class CowFS(pyfuse3.Operations):
             return await self._attr(node)
         view = self._writable(node)
         st = view.staging
+        if fields.update_size and not node.path:
+            raise _err(errno.EISDIR)
         if fields.update_size:
             await self._staged(st.truncate, node.path, attr.st_size)
         if fields.update_mode or fields.update_mtime:
@@ -698,16 +742,25 @@ class CowFS(pyfuse3.Operations):
     def _invalidate_branch(self, repo: str, branch: str) -> None:
         """Make the kernel look the branch directory up again (never from a handler of it:
         the async variant queues the call to a thread of its own)."""
-        repo_ino = self.watched.get((repo, branch))
-        if repo_ino is None or self.table.get(repo_ino) is None:
+        watched = self.watched.get((repo, branch))
+        if watched is None or self.table.get(watched[0]) is None:
             return
+        repo_ino = watched[0]
         pyfuse3.invalidate_entry_async(repo_ino, branch.encode(), ignore_enoent=True)
 
     async def poll_heads(self) -> None:
         """Follow every branch head the kernel may be showing, and drop its caches on a move."""
+        swept = time.monotonic()
         while True:
             await trio.sleep(POLL_S)
-            for repo, branch in list(self.watched):
+            if time.monotonic() - swept >= SWEEP_S:
+                swept = time.monotonic()
+                self._sweep_views()
+            for (repo, branch), (_, seen) in list(self.watched.items()):
+                if time.monotonic() - seen > WATCH_IDLE_S:
+                    del self.watched[(repo, branch)]
+                    self.heads.pop((repo, branch), None)
+                    continue
                 if (repo, branch) in self.writes:
                     continue
                 before = self.heads.get((repo, branch), (None, 0.0))[0]
@@ -717,8 +770,41 @@ class CowFS(pyfuse3.Operations):
                     log.warning("cannot read head of %s@%s: %s", repo, branch, e)
                     continue
                 if now != before:
-                    self.views.pop(("b", repo, branch, before), None)
+                    self._drop_view(("b", repo, branch, before))
                     self._invalidate_branch(repo, branch)
+
+    def _sweep_views(self) -> None:
+        """Drop the views that no inode the kernel holds, no open handle and no lookup has used
+        for `VIEW_IDLE_S`; a later lookup makes them again."""
+        now = time.monotonic()
+        held = {n.key[0] for n in self.table.nodes() if n.kind == "view"}
+        held.update(h.view.key for h in self.handles.values() if h.view is not None)
+        for key in list(self.views):
+            if key in held:
+                self._used[key] = now
+            elif now - self._used.get(key, now) > VIEW_IDLE_S:
+                self._drop_view(key)
+            else:
+                self._used.setdefault(key, now)
+
+    def _freeze_view(self, s: WriteSession, head: Commit | None) -> None:
+        """Blocking, with `s.staging.lock` held: the session ends, and its view (inodes, handles
+        and working directories in it) goes on showing the branch head, read-only."""
+        view = self.views.get(("w", s.staging.repo, s.staging.branch, s.epoch))
+        if view is not None:
+            view.freeze(self.lake.store, head)
+
+    def _end_session(self, s: WriteSession, end: Callable[[], None]) -> None:
+        """Blocking: run `end` (close or destroy the area), then freeze the session's view."""
+        st = s.staging
+        with st.lock:
+            end()
+            try:
+                head = self.lake.head(st.repo, st.branch)
+            except CowfsError as e:
+                log.warning("cannot read head of %s@%s: %s", st.repo, st.branch, e)
+                return
+            self._freeze_view(s, head)
 
     async def ctl_write(self, repo: str, branch: str) -> dict:
         async with self.write_lock:
@@ -736,11 +822,18 @@ class CowFS(pyfuse3.Operations):
                 raise NotFound(f"{repo}@{branch} is not open for writing: run `cowfs write` first")
             # keep_open empties the same staging area onto the new head, so the session, its
             # view and every handle open on it carry on; see `seal` for why no write is lost.
-            commit = await trio.to_thread.run_sync(
-                functools.partial(seal, self.lake, s.staging, message, self.reader, keep_open)
-            )
+
+            def work() -> Commit | None:
+                with s.staging.lock:
+                    head = seal(self.lake, s.staging, message, self.reader, keep_open)
+                    if not keep_open:
+                        self._freeze_view(s, head)
+                    return head
+
+            commit = await trio.to_thread.run_sync(work)
             if not keep_open:
                 del self.writes[(repo, branch)]
+                self._drop_view(("w", repo, branch, s.epoch))
             self.heads.pop((repo, branch), None)
             self._invalidate_branch(repo, branch)
             return {"commit": commit.id if commit else None, "repo": repo, "branch": branch}
@@ -750,7 +843,9 @@ class CowFS(pyfuse3.Operations):
             s = self.writes.pop((repo, branch), None)
             if s is None:
                 raise NotFound(f"{repo}@{branch} is not open for writing")
-            await trio.to_thread.run_sync(s.staging.destroy)
+            await trio.to_thread.run_sync(self._end_session, s, s.staging.destroy)
+            self._drop_view(("w", repo, branch, s.epoch))
+            self.heads.pop((repo, branch), None)
             self._invalidate_branch(repo, branch)
             return {"repo": repo, "branch": branch}
 
@@ -760,7 +855,9 @@ class CowFS(pyfuse3.Operations):
         async with self.write_lock:
             on_disk = set(await trio.to_thread.run_sync(list_areas, self.lake.url))
             for key in [k for k in self.writes if k not in on_disk]:
-                await trio.to_thread.run_sync(self.writes.pop(key).staging.close)
+                s = self.writes.pop(key)
+                await trio.to_thread.run_sync(self._end_session, s, s.staging.close)
+                self._drop_view(("w", *key, s.epoch))
                 self.heads.pop(key, None)
                 self._invalidate_branch(*key)
             for repo, branch in on_disk - set(self.writes):
@@ -799,7 +896,13 @@ class CowFS(pyfuse3.Operations):
             "writes": [f"{r}@{b}" for r, b in self.writes],
             "inodes": len(self.table),
             "handles": len(self.handles),
+            "views": len(self.views),
+            "watched": len(self.watched),
         }
+
+
+def _rank(c: Commit) -> tuple[bool, float, str]:
+    return (c.state == "finished", c.finished or c.created or 0.0, c.id)
 
 
 def _chunk_index(e: Entry, offset: int) -> int:

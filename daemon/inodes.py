@@ -46,6 +46,9 @@ class InodeTable:
     def get(self, ino: int) -> Node | None:
         return self._by_ino.get(ino)
 
+    def nodes(self) -> list[Node]:
+        return list(self._by_ino.values())
+
     def by_key(self, key: tuple) -> Node | None:
         return self._by_key.get(key)
 

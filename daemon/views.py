@@ -4,18 +4,21 @@ A view over a commit is immutable, so everything read from it (entries, director
 cached for as long as the view lives, and the kernel is told to cache it too. A branch's head is
 shown as a view over the head's commit keyed by the commit id: when the head moves, the branch
 directory resolves to a new view with new inodes, and handles open on the old one keep reading
-the commit they were opened on. A branch open for writing is a view over its staging area.
+the commit they were opened on. A branch open for writing is a view over its staging area;
+when that write session ends (commit, discard, reload) the view is frozen onto the branch's new
+head, so the inodes, handles and working directories in it go on reading (only writes fail).
 """
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 from cowfs.commits import Commit
 from cowfs.entries import Entry, dir_entry
-from cowfs.staging import Staging
+from cowfs.staging import Staging, StagingError
 from cowfs.store import Store
-from cowfs.tree import TreeView
+from cowfs.tree import TreeView, empty_tree
 
 #: Entries cached per immutable view before the cache starts over.
 _ENTRY_CAP = 400_000
@@ -60,12 +63,34 @@ class View:
             return _ROOT
         return self.entries.get(path) if self.staging is None else None
 
+    def freeze(self, store: Store, commit: Commit | None) -> None:
+        """The write session ended: from now on show `commit` (the branch head), read-only.
+
+        Called with the staging lock held, so an operation that waited for that lock finds the
+        area closed and this view already frozen (see `_retry`)."""
+        self.commit = commit
+        self.tree = TreeView(store, commit.tree if commit else empty_tree(store))
+        self.entries.clear()
+        self.listings.clear()
+        self.dir_chunks.clear()
+        self.staging = None
+
+    def _retry(self, st: Staging, e: StagingError) -> None:
+        """An operation on `st` found the area closed: go on from the frozen view if this view
+        was frozen meanwhile, else the error stands."""
+        if e.errno != errno.EROFS or self.staging is st:
+            raise e
+
     def lookup(self, path: str) -> Entry | None:
         """Blocking: may load tree nodes from the store."""
         if not path:
             return _ROOT
-        if self.staging is not None:
-            return self.staging.lookup(path)
+        st = self.staging
+        if st is not None:
+            try:
+                return st.lookup(path)
+            except StagingError as e:
+                self._retry(st, e)
         e = self.entries.get(path)
         if e is None:
             assert self.tree is not None
@@ -76,8 +101,12 @@ class View:
 
     def list_dir(self, path: str) -> list[Entry]:
         """Blocking: the children of directory `path`, sorted by name."""
-        if self.staging is not None:
-            return self.staging.list_dir(path)
+        st = self.staging
+        if st is not None:
+            try:
+                return st.list_dir(path)
+            except StagingError as e:
+                self._retry(st, e)
         out = self.listings.get(path)
         if out is None:
             assert self.tree is not None

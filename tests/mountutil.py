@@ -31,6 +31,8 @@ class MountedLake:
         self.proc: subprocess.Popen | None = None
         self.log = root / f"{name}.log"
         self._lake: Lake | None = None
+        #: Extra environment of the mount process only (see `customize_mount`).
+        self.mount_env: dict[str, str] = {}
 
     @property
     def env(self) -> dict[str, str]:
@@ -75,11 +77,21 @@ class MountedLake:
             raise AssertionError(f"{cmd!r} failed ({p.returncode}): {p.stderr.decode()}")
         return p
 
+    def customize_mount(self, code: str) -> None:
+        """Run `code` at start-up of the next mount process (as its `sitecustomize`), e.g. to
+        shorten a timer or to watch its system calls."""
+        site = self.root / f"site-{self.mnt.name}"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(code)
+        self.mount_env["PYTHONPATH"] = os.pathsep.join(
+            [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+
     def mount(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cowfs.cli.main", "mount", str(self.mnt)],
-                env=self.env,
+                env={**self.env, **self.mount_env},
                 stdout=log,
                 stderr=log,
             )

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -569,3 +570,233 @@ def test_chunker_cuts_a_stream(tmp_path: Path) -> None:
         assert got == data
     finally:
         lake.close()
+
+
+def _status(m: MountedLake) -> dict:
+    from daemon.control import call, mounts_of
+
+    os.environ["COWFS_STATE_DIR"] = str(m.root / "state")
+    (mount,) = mounts_of(m.lake().url)
+    return call(mount["socket"], {"op": "status"})
+
+
+def _open_writable(m: MountedLake, repo: str = "images") -> Path:
+    m.cli("write", f"{repo}@main")
+    main = m.mnt / repo / "main"
+    assert wait_for(lambda: os.getxattr(main, "user.cowfs.writable") == b"1")
+    return main
+
+
+def test_touch_and_chmod_branch_root(local: MountedLake) -> None:
+    """The owner may touch and chmod the root of a writable branch, as on any filesystem (a
+    commit records nothing for its root, so the change is accepted and not kept)."""
+    cid, _ = put_tree(local)
+    local.mount()
+    assert local.sh(f"chmod 755 images/@{cid}", check=False).returncode != 0  # read-only
+    _open_writable(local)
+    local.sh("touch images/main && chmod 755 images/main && touch -d 2001-01-01 images/main")
+    os.utime(local.mnt / "images/main")
+    os.chmod(local.mnt / "images/main", 0o700)
+    assert (local.mnt / "images/main").is_dir()
+    with pytest.raises(OSError) as e:
+        os.truncate(local.mnt / "images/main", 0)
+    assert e.value.errno == errno.EISDIR
+
+
+def _area(m: MountedLake, repo: str, branch: str) -> Path:
+    (area,) = (m.root / "state" / "staging").glob(f"*/{repo}@{branch}")
+    return area
+
+
+def test_half_destroyed_area_is_absent(local: MountedLake) -> None:
+    """A crash while an area was being removed (older versions removed it in place) leaves
+    `recs/` without `meta.json`: that is no area, the mount starts and the branch can be
+    opened for writing again; what a crash after the rename-aside left is swept."""
+    put_tree(local)
+    local.cli("write", "images@main")
+    area = _area(local, "images", "main")
+    (area / "meta.json").unlink()
+    aside = area.parent / ".removing-1-0123456789ab"
+    (aside / "recs").mkdir(parents=True)
+    local.mount()
+    main = local.mnt / "images/main"
+    assert os.getxattr(main, "user.cowfs.writable") == b"0"
+    assert (main / "cats/a.jpg").exists()
+    _open_writable(local)
+    assert not aside.exists()
+    (main / "after.txt").write_bytes(b"fresh area")
+    cid = local.cli("commit", "images@main", "-m", "after").strip()
+    assert _commit_files(local, "images")["after.txt"] == b"fresh area"
+    assert wait_for(lambda: os.getxattr(main, "user.cowfs.commit").decode() == cid)
+    # A commit or discard removes the whole area and leaves nothing aside.
+    assert not list((local.root / "state" / "staging").glob("*/*"))
+
+
+_SYNC_SPY = """
+import os
+
+_LOG = os.environ["COWFS_TEST_SYNC_LOG"]
+
+
+def _spy(fn):
+    def synced(fd):
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            path = "?"
+        with open(_LOG, "a") as f:
+            f.write(path + "\\n")
+        return fn(fd)
+
+    return synced
+
+
+os.fsync = _spy(os.fsync)
+os.fdatasync = _spy(os.fdatasync)
+"""
+
+
+def test_fsync_makes_a_staged_file_durable(local: MountedLake) -> None:
+    """fsync(2) on a staged file syncs its overlay (even one whose fd the area no longer holds
+    open) and the overlay directory."""
+    put_tree(local)
+    log = local.root / "synced.log"
+    local.customize_mount(_SYNC_SPY)
+    local.mount_env["COWFS_TEST_SYNC_LOG"] = str(log)
+    local.mount()
+    main = _open_writable(local)
+    with open(main / "target.bin", "wb", buffering=0) as f:
+        f.write(b"must survive")
+        # Many more overlays since: the area's fd cache has let go of this one.
+        for i in range(300):
+            (main / f"other-{i}").write_bytes(b"x")
+        log.write_text("")
+        os.fsync(f.fileno())
+    synced = log.read_text().split()
+    area = _area(local, "images", "main")
+    assert str(area / "data" / "1") in synced  # target.bin's overlay, the area's first
+    assert str(area / "data") in synced
+    assert (main / "target.bin").read_bytes() == b"must survive"
+
+
+def test_ids_show_each_repo_once_finished_first(local: MountedLake) -> None:
+    """A repo holding several commits of one global ID (failed pipeline runs carry it too) is
+    listed once under `/.ids/<gid>` and shows its newest finished commit."""
+    from cowfs.changes import ChangeSet
+    from cowfs.entries import dir_entry
+
+    cid, _ = put_tree(local)
+    lake = local.lake()
+    gid = lake.get_commit("images", cid).global_id
+    lake.create_repo("other")
+
+    def commit(name: str, state: str = "finished") -> str:
+        changes = ChangeSet(puts={name: dir_entry(name, 0o755)})
+        return lake.commit("other", "main", changes, global_id=gid, state=state).id
+
+    commit("old")
+    newest = commit("newest")
+    failed = [commit("failed", "failed")]
+    while min(failed) > newest:  # make a failed one come first in key order
+        failed.append(commit("failed", "failed"))
+    local.mount()
+    ids = local.mnt / ".ids" / gid
+    assert sorted(os.listdir(ids)) == ["images", "other"]
+    assert os.getxattr(ids / "other", "user.cowfs.commit").decode() == newest
+    assert (ids / "other/newest").is_dir() and not (ids / "other/failed").exists()
+
+
+_SHORT_TIMERS = """
+import daemon.fs
+
+daemon.fs.VIEW_IDLE_S = 0.5
+daemon.fs.SWEEP_S = 0.5
+daemon.fs.WATCH_IDLE_S = 1.0
+"""
+
+
+def test_views_and_watches_are_bounded(local: MountedLake) -> None:
+    """A long-running mount forgets views nothing uses any more and stops polling branches
+    nobody looks at; a commit's id and its prefixes share one view."""
+    cid, files = put_tree(local)
+    gid = local.lake().get_commit("images", cid).global_id
+    local.customize_mount(_SHORT_TIMERS)
+    local.mount()
+    mnt = local.mnt
+    assert os.stat(mnt / f"images/@{cid}").st_ino == os.stat(mnt / f"images/@{cid[:8]}").st_ino
+    assert (mnt / f"images/@{cid[:10]}/cats/a.jpg").read_bytes() == files["cats/a.jpg"]
+    assert (mnt / ".ids" / gid / "images/cats/a.jpg").read_bytes() == files["cats/a.jpg"]
+    assert (mnt / "images/main/cats/a.jpg").read_bytes() == files["cats/a.jpg"]
+    status = _status(local)
+    assert status["views"] == 3 and status["watched"] == 1  # c (shared), g, b
+    with open(mnt / f"images/@{cid}/big.bin", "rb") as held:
+        Path("/proc/sys/vm/drop_caches").write_text("2")  # the kernel forgets what it can
+        assert wait_for(lambda: _status(local)["watched"] == 0, timeout=10)
+        # Only the open handle's view stays.
+        assert wait_for(lambda: _status(local)["views"] == 1, timeout=10)
+        time.sleep(1.0)
+        assert _status(local)["views"] == 1
+        assert held.read(10) == files["big.bin"][:10]
+    Path("/proc/sys/vm/drop_caches").write_text("2")
+    assert wait_for(lambda: _status(local)["views"] == 0, timeout=10)
+    assert (mnt / "images/main/cats/a.jpg").read_bytes() == files["cats/a.jpg"]
+    assert _status(local)["watched"] == 1
+
+
+def test_old_write_view_reads_after_commit(local: MountedLake) -> None:
+    """When a write session ends (commit without --keep-open, or discard), what was open in it
+    (handles, a shell's working directory) goes on reading the branch head; writes get EROFS."""
+    _, files = put_tree(local)
+    local.mount()
+    main = _open_writable(local)
+    (main / "cats/staged.txt").write_bytes(b"staged")
+    ro = os.open(main / "cats/a.jpg", os.O_RDONLY)
+    staged = os.open(main / "cats/staged.txt", os.O_RDONLY)
+    rw = os.open(main / "cats/staged.txt", os.O_RDWR)
+    cats = os.open(main / "cats", os.O_RDONLY | os.O_DIRECTORY)
+    shell = subprocess.Popen(
+        "read go; ls; cat a.jpg | wc -c",
+        shell=True,
+        cwd=main / "cats",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        local.cli("commit", "images@main", "-m", "closed")
+        assert os.pread(ro, 100, 0) == files["cats/a.jpg"][:100]
+        assert os.fstat(ro).st_size == len(files["cats/a.jpg"])
+        assert os.pread(staged, 100, 0) == b"staged"
+        assert os.fstat(staged).st_size == 6
+        assert os.pread(rw, 100, 0) == b"staged"
+        assert sorted(os.listdir(cats)) == ["a.jpg", "b.jpg", "staged.txt"]
+        assert os.stat("b.jpg", dir_fd=cats).st_size == len(files["cats/b.jpg"])
+        out, err = shell.communicate(b"\n", timeout=30)
+        assert shell.returncode == 0, err
+        assert out.split() == [b"a.jpg", b"b.jpg", b"staged.txt", b"500"]
+        with pytest.raises(OSError) as e:
+            os.pwrite(rw, b"late", 0)
+        assert e.value.errno == errno.EROFS
+        with pytest.raises(OSError) as e:
+            os.open("new.txt", os.O_CREAT | os.O_WRONLY, dir_fd=cats)
+        assert e.value.errno == errno.EROFS
+    finally:
+        for fd in (ro, staged, rw, cats):
+            os.close(fd)
+        if shell.poll() is None:
+            shell.kill()
+    # A discard: what was staged goes, the head shows through the old directory.
+    main = _open_writable(local)
+    (main / "cats/dropped.txt").write_bytes(b"dropped")
+    cats = os.open(main / "cats", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        local.cli("write", "--discard", "images@main")
+        again = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=cats)  # the same directory
+        try:
+            assert sorted(os.listdir(again)) == ["a.jpg", "b.jpg", "staged.txt"]
+        finally:
+            os.close(again)
+        with pytest.raises(FileNotFoundError):
+            os.stat("dropped.txt", dir_fd=cats)
+    finally:
+        os.close(cats)
