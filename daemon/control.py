@@ -6,6 +6,9 @@ limit, nothing left behind by a kill -9) named `cowfs-<pid>-<12 hex>` and regist
 `state_dir()/mounts/<pid>-<12 hex>.json` (the same 12 hex digits), so the CLI finds the mounts of
 its store; a registration whose socket no longer answers is stale.
 Requests and answers are one JSON object per line.
+
+Abstract sockets have no file permissions, so every connection's peer credentials are checked:
+only the mount's own user and root may commit, discard or open writes through it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -52,11 +56,21 @@ async def serve_control(
             task_status.started(name)
             while True:
                 conn, _ = await sock.accept()
+                if not peer_allowed(conn):
+                    conn.close()
+                    continue
                 nursery.start_soon(_serve_one, trio.SocketStream(conn), handler)
     finally:
         sock.close()
         with contextlib.suppress(OSError):
             me.unlink()
+
+
+def peer_allowed(conn: Any, me: int | None = None) -> bool:
+    """Whether the process at the other end runs as this mount's user or as root."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid in (0, os.geteuid() if me is None else me)
 
 
 async def _serve_one(stream: trio.SocketStream, handler: Callable[[dict], Awaitable[dict]]) -> None:

@@ -800,3 +800,48 @@ def test_old_write_view_reads_after_commit(local: MountedLake) -> None:
             os.stat("dropped.txt", dir_fd=cats)
     finally:
         os.close(cats)
+
+
+def test_control_channel_refuses_other_users() -> None:
+    import socket as socket_mod
+    import threading
+
+    from daemon.control import peer_allowed
+
+    server = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    name = f"\0cowfs-test-{os.getpid()}"
+    server.bind(name)
+    server.listen(1)
+    seen: list[tuple[bool, bool]] = []
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        # The test runs as root: root is always allowed; a mount of user 4242 must refuse a
+        # peer that is neither root nor 4242 (here, we pretend the peer is someone else by
+        # asking on behalf of a mount owned by a different user than the peer).
+        seen.append((peer_allowed(conn), peer_allowed(conn, me=4242)))
+        conn.close()
+
+    t = threading.Thread(target=accept)
+    t.start()
+    client = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    if os.geteuid() == 0:
+        # Connect as an unprivileged user so the peer is neither root nor the mount's owner.
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setuid(65534)
+                c = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+                c.connect(name)
+                c.recv(1)
+            finally:
+                os._exit(0)
+        t.join(timeout=10)
+        os.waitpid(pid, 0)
+        assert seen == [(False, False)]
+    else:
+        client.connect(name)
+        t.join(timeout=10)
+        assert seen == [(True, False)]
+    client.close()
+    server.close()
