@@ -3,6 +3,10 @@
 # it, snapshot again, read the history, get the old version back byte for byte; then mount the
 # lake and use it with ordinary tools, write through the mount, and run a pipeline on it.
 set -euo pipefail
+if [ -z "${PYTHON:-}" ] && [ -x "$(dirname "$0")/../.venv/bin/python" ]; then
+    venv_bin="$(cd "$(dirname "$0")/../.venv/bin" && pwd)"  # made by setup.sh (PEP 668)
+    export PATH="$venv_bin:$PATH" PYTHON="$venv_bin/python"
+fi
 work="$(mktemp -d /tmp/cowfs-demo.XXXXXX)"
 export COWFS_STORE="$work/store" COWFS_CACHE_DIR="$work/cache" COWFS_STATE_DIR="$work/state"
 cd "$work"

@@ -12,5 +12,18 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     fuse3 libfuse3-dev pkg-config gcc python3-dev attr bubblewrap systemd tar coreutils findutils \
     >/dev/null
 PY="${PYTHON:-python3}"
+# A distribution's own Python (Debian 12, Ubuntu 23.04+) refuses system-wide pip installs
+# (PEP 668): install into .venv in the checkout instead; test.sh and demo.sh pick it up.
+if "$PY" - <<'PYCODE'
+import os, sys, sysconfig
+managed = os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+sys.exit(0 if managed and sys.prefix == sys.base_prefix else 1)
+PYCODE
+then
+    $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    "$PY" -m venv .venv
+    PY=.venv/bin/python
+    echo "this Python is managed by the system: installing into $(pwd)/.venv"
+fi
 "$PY" -m pip install --quiet --disable-pip-version-check -e '.[test]'
 echo "cowfs installed: $("$PY" -m cowfs.cli.main --version)"

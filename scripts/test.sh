@@ -3,6 +3,10 @@
 # a suite that silently runs nothing must not pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then
+    venv_bin="$PWD/.venv/bin"  # made by setup.sh on systems whose Python is externally managed
+    export PATH="$venv_bin:$PATH" PYTHON="$venv_bin/python"
+fi
 "${PYTHON:-python3}" -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
