@@ -77,3 +77,12 @@ def test_index_cache_is_capped(tmp_path: Path) -> None:
     assert idx.get_blob("chunks/39") == bytes([39]) * 100_000
     assert idx.get_blob("chunks/0") is None
     idx.close()
+
+
+def test_a_zero_cap_caches_nothing(tmp_path: Path) -> None:
+    idx = Index(tmp_path / "idx", cache_bytes=0)
+    idx.put_blob("chunks/ab", b"x" * 1000)
+    idx.put_blob("trees/ab", b"y" * 10)
+    assert idx.get_blob("chunks/ab") is None and idx.get_blob("trees/ab") is None
+    assert idx.cached_bytes() == 0
+    idx.close()
