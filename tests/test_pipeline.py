@@ -7,11 +7,16 @@ import os
 import random
 import shutil
 import stat
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from cowfs.errors import Conflict
+from cowfs.pipelines import executor, records
+from cowfs.pipelines.spec import parse
 from tests.lakeenv import LakeEnv, make_env
 
 N = 200
@@ -674,3 +679,139 @@ def test_batching_jobs_leave_no_threads_behind(env: LakeEnv) -> None:
         job = run_job(lake, "up", RunOptions())
         assert job is not None and job.state == "success" and job.processed == 6
     assert threading.active_count() == baseline, [t.name for t in threading.enumerate()]
+
+
+# --- claims: heartbeats for a job's whole life, fencing of the output, pid reuse -----------------
+
+
+@pytest.fixture
+def claims_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LakeEnv:
+    monkeypatch.setattr(records, "STALE_AFTER_S", 1.0)
+    monkeypatch.setattr(executor, "HEARTBEAT_S", 0.1)
+    e = make_env(tmp_path, None)
+    e.run("init")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}.txt").write_text(f"file {i}\n")
+    e.run("repo", "create", "data")
+    e.run("put", "data@main", str(src))
+    lake = e.lake()
+    spec = {
+        "pipeline": "up",
+        "input": {"pfs": {"repo": "data", "glob": "/*", "name": "in"}},
+        "transform": {"cmd": ["sh", "-c", 'cp "$PFS_IN"/* "$PFS_OUT"/']},
+    }
+    records.create_pipeline(lake, parse(spec))
+    return e
+
+
+def _stall_planning(monkeypatch: pytest.MonkeyPatch, seconds: float) -> threading.Event:
+    """Make the runner sit in planning for `seconds`; the event is set when it gets there."""
+    planning = threading.Event()
+    real = executor._input_files
+
+    def slow(lake, inputs):  # noqa: ANN001, ANN202
+        planning.set()
+        time.sleep(seconds)
+        return real(lake, inputs)
+
+    monkeypatch.setattr(executor, "_input_files", slow)
+    return planning
+
+
+def _run_in_thread(lake, opts: executor.RunOptions) -> tuple[threading.Thread, dict]:  # noqa: ANN001
+    out: dict = {}
+
+    def go() -> None:
+        try:
+            out["job"] = executor.run_job(lake, "up", opts)
+        except BaseException as e:  # noqa: BLE001
+            out["error"] = e
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t, out
+
+
+def test_a_job_stalled_in_planning_keeps_its_heartbeat_and_is_not_taken_over(
+    claims_env: LakeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = claims_env.lake()
+    planning = _stall_planning(monkeypatch, 2.5 * records.STALE_AFTER_S)
+    t, out = _run_in_thread(lake, executor.RunOptions(force=False))
+    assert planning.wait(10)
+    time.sleep(1.5 * records.STALE_AFTER_S)  # well past the takeover timeout, still planning
+    state = records.get_state(lake, "up")
+    assert state["state"] == "running"
+    assert time.time() - state["heartbeat"] < records.STALE_AFTER_S
+    # A daemon on another host (same store) sees a live owner and does not take the job over.
+    pipeline = records.get_pipeline(lake, "up")
+    fields = executor.job_fields(pipeline, executor.current_inputs(lake, pipeline))
+    with monkeypatch.context() as m:
+        m.setattr(records, "_host", lambda: "another-host")
+        assert records.owner_alive(state["owner"], state["heartbeat"], "other-daemon")
+        with pytest.raises(Conflict, match="is running job"):
+            records.claim(lake, "up", fields, "other-daemon", force=False)
+    t.join(30)
+    assert "error" not in out, out
+    job = out["job"]
+    assert job.state == "success" and job.processed == 3, job.error
+    assert records.get_state(lake, "up")["state"] == "success"
+
+
+def test_a_runner_that_lost_its_claim_does_not_move_the_output_branch(
+    claims_env: LakeEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    lake = claims_env.lake()
+    monkeypatch.setattr(executor, "HEARTBEAT_S", 60.0)  # the fence alone must catch it
+    planning = _stall_planning(monkeypatch, 1.0)
+    said: list[str] = []
+    t, out = _run_in_thread(lake, executor.RunOptions(say=said.append))
+    assert planning.wait(10)
+    # Another runner takes the job over meanwhile (as after a partition hid this runner).
+    state = records.get_state(lake, "up")
+    mine = state["job"]
+    taken = {**state, "job": "f" * 32, "owner": {**state["owner"], "instance": "usurper"}}
+    lake.objects.put(records.state_key("up"), json.dumps(taken, sort_keys=True).encode())
+    with caplog.at_level("WARNING", logger="cowfs.pipelines"):
+        t.join(30)
+    assert lake.head("up", "main") is None  # no output commit
+    err = out.get("error")
+    assert isinstance(err, Conflict) and type(err).__name__ == "ClaimLost", out
+    assert "lost its claim before its output commit" in str(err)
+    assert any("lost its claim" in r.getMessage() for r in caplog.records)
+    assert any("lost its claim" in s for s in said)
+    assert lake.head("up", "main") is None  # no output commit
+    st = records.get_state(lake, "up")
+    assert st["job"] == "f" * 32 and st["state"] == "running"  # the new owner's claim stands
+    job = records.get_job(lake, "up", mine)
+    assert job.state == "restarted" and job.output_commit is None
+
+
+def test_a_live_pid_with_another_start_time_is_a_dead_runner(claims_env: LakeEnv) -> None:
+    lake = claims_env.lake()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        me = records.this_owner("dead-runner")
+        assert me["start"] == records.process_start(os.getpid())
+        start = records.process_start(sleeper.pid)
+        assert start is not None
+        # The runner itself, as recorded: alive (same pid, same start time).
+        assert records.owner_alive({**me, "pid": sleeper.pid, "start": start}, None, "x")
+        # The pid now belongs to a process started at another time: the runner is gone.
+        reused = {**me, "pid": sleeper.pid, "start": start - 1}
+        assert not records.owner_alive(reused, time.time(), "x")
+        pipeline = records.get_pipeline(lake, "up")
+        fields = executor.job_fields(pipeline, executor.current_inputs(lake, pipeline))
+        old_id = records.new_job_id()
+        state = {**fields, "job": old_id, "state": "running", "owner": reused}
+        state["heartbeat"] = time.time()
+        lake.objects.put(records.state_key("up"), json.dumps(state, sort_keys=True).encode())
+        job = executor.run_job(lake, "up", executor.RunOptions(force=False))
+        assert job is not None and job.state == "success", job and job.error
+        assert job.restarts == old_id
+        assert records.get_state(lake, "up")["job"] == job.id
+    finally:
+        sleeper.kill()
+        sleeper.wait()

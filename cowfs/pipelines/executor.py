@@ -14,6 +14,7 @@ datum's output is stored, so a job killed halfway loses at most the datums it ha
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import shutil
@@ -53,15 +54,59 @@ from cowfs.pipelines.sandbox import SandboxUnavailable, choose
 from cowfs.pipelines.worker import Attempt, Cancelled, Worker
 from cowfs.reader import ChunkReader
 
+#: How often a running job's claim gets a fresh heartbeat (from planning to the last record,
+#: by a thread of its own), and the job record one while datums run. Must stay well below
+#: `records.STALE_AFTER_S`; read at each beat, so tests may shorten it.
 HEARTBEAT_S = 5.0
 #: The most datum input bytes a job puts in /dev/shm (times four, for outputs and slack).
 _SHM_LIMIT = 4 << 30
 _LOG_TAIL = 4000
 _warned: set[str] = set()
+log = logging.getLogger("cowfs.pipelines")
 
 
 class JobInterrupted(CowfsError):
     """The runner was asked to stop; the job is left for the next runner to restart."""
+
+
+class _Heartbeat:
+    """Refreshes the claim's heartbeat every `HEARTBEAT_S` seconds for the whole life of a job
+    (planning, processing, merging, committing), so no runner elsewhere takes over a job whose
+    runner is alive but busy. Each beat is a compare-and-swap that also checks the claim is
+    still this job's: when it is not, `lost` is set (and processing stops early)."""
+
+    def __init__(self, lake: Lake, name: str, job: Job, instance: str) -> None:
+        self.lake, self.name, self.job, self.instance = lake, name, job, instance
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"cowfs-heartbeat-{name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            now = time.time()
+            try:
+                ours = records.set_state(
+                    self.lake, self.name, self.job.id, self.instance, heartbeat=now
+                )
+            except Exception as e:  # noqa: BLE001 - a store hiccup: try again next beat
+                log.warning("pipeline %s: job %s: heartbeat failed: %s", self.name, self.job.id, e)
+                continue
+            if not ours:
+                log.warning(
+                    "pipeline %s: job %s: another runner took the job over", self.name, self.job.id
+                )
+                self.lost.set()
+                return
+            self.job.heartbeat = now
 
 
 class Observer:
@@ -171,22 +216,86 @@ def run_job(lake: Lake, name: str, opts: RunOptions | None = None) -> Job | None
     )
     records.put_job(lake, job)
     opts.observer.job_started(job)
+    beat = _Heartbeat(lake, name, job, opts.instance)
+    beat.start()
     try:
-        _execute(lake, pipeline, job, opts)
-    except (JobInterrupted, KeyboardInterrupt):
-        job.state = "interrupted"
-        job.finished = time.time()
-        job.error = "the runner stopped before the job finished; it restarts with the runner"
-        records.put_job(lake, job)
-        records.set_state(lake, name, job.id, state="interrupted")
+        try:
+            _execute(lake, pipeline, job, opts, beat.lost)
+        except (JobInterrupted, KeyboardInterrupt):
+            job.state = "interrupted"
+            job.finished = time.time()
+            job.error = "the runner stopped before the job finished; it restarts with the runner"
+            if records.set_state(lake, name, job.id, opts.instance, state="interrupted"):
+                records.put_job(lake, job)
+                raise
+            lost = _lost(lake, name, job, "before it stopped")
+            if not beat.lost.is_set():  # a real stop (Ctrl-C, shutdown): that is what to raise
+                _abandon(lake, name, job, lost, opts)
+                raise
+            raise lost from None
+        except records.ClaimLost:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure must end as a failed job, not a stuck one
+            if job.state == "running":
+                msg = str(e) if isinstance(e, CowfsError) else f"{type(e).__name__}: {e}"
+                _fail(lake, pipeline, job, msg, None, None, opts)
+    except records.ClaimLost as e:
+        _abandon(lake, name, job, e, opts)
         raise
-    except Exception as e:  # noqa: BLE001 - any failure must end as a failed job, not a stuck one
-        if job.state == "running":
-            msg = str(e) if isinstance(e, CowfsError) else f"{type(e).__name__}: {e}"
-            _fail(lake, pipeline, job, msg, None, None, opts)
     finally:
+        beat.stop()
         opts.observer.job_finished(job)
     return job
+
+
+def _lost(
+    lake: Lake,
+    name: str,
+    job: Job,
+    when: str,
+    then: str = "abandoned without moving the output branch or recording a result",
+) -> records.ClaimLost:
+    st = records.get_state(lake, name) or {}
+    return records.ClaimLost(
+        f"pipeline {name}: job {job.id} lost its claim {when} (the pipeline's state now names "
+        f"job {st.get('job')} of runner {st.get('owner', {}).get('instance')}): {then}"
+    )
+
+
+def _fence(lake: Lake, name: str, job: Job, opts: RunOptions, when: str) -> None:
+    """Check, and keep, this runner's claim before it writes a result: one compare-and-swap
+    that refreshes the heartbeat only if the state record still names this job and runner.
+    Raises `ClaimLost` otherwise.
+
+    What remains is the window between this swap and the output branch's own swap inside
+    `lake.commit` (two keys, no multi-key transaction). The swap has just refreshed the
+    heartbeat and the heartbeat thread keeps it fresh, so a runner elsewhere takes over only
+    if this runner then stalls past `records.STALE_AFTER_S` without beating (or a writer
+    ignores the claim, e.g. `pipeline delete`). A takeover that lands there is seen by the
+    final state swap, which then records nothing (the commit stays, with this job's id in
+    its `extra`)."""
+    now = time.time()
+    if not records.set_state(lake, name, job.id, opts.instance, heartbeat=now):
+        raise _lost(lake, name, job, when)
+    job.heartbeat = now
+
+
+def _abandon(lake: Lake, name: str, job: Job, e: records.ClaimLost, opts: RunOptions) -> None:
+    """The job was taken over: leave the claim and the output to the new owner. The job record
+    is only marked `restarted` (what the new owner marks it too), in case this runner's own
+    mid-job writes overwrote that mark."""
+    log.warning("%s", e)
+    opts.say(str(e))
+    job.state = "restarted"
+    job.finished = job.finished or time.time()
+    job.error = str(e)
+    try:
+        current = records.get_job(lake, name, job.id)
+    except CowfsError:
+        return
+    if current.state == "running":
+        current.state, current.finished, current.error = job.state, job.finished, job.error
+        records.put_job(lake, current)
 
 
 def _mark_restarted(lake: Lake, name: str, old_id: str, new_id: str) -> None:
@@ -212,7 +321,9 @@ def _provenance(job: Job, commits: dict[str, Commit]) -> tuple[tuple[Provenance,
     return tuple(seen.values()), newest.global_id
 
 
-def _execute(lake: Lake, pipeline: Pipeline, job: Job, opts: RunOptions) -> None:
+def _execute(
+    lake: Lake, pipeline: Pipeline, job: Job, opts: RunOptions, lost: threading.Event
+) -> None:
     spec = pipeline.spec
     tid = transform_hash(spec.transform, pipeline.salt)
     head = lake.head(spec.name, spec.output_branch)
@@ -272,7 +383,7 @@ def _execute(lake: Lake, pipeline: Pipeline, job: Job, opts: RunOptions) -> None
 
     failures: list[tuple[str, Attempt, str | None]] = []
     if todo:
-        failures = _process(lake, pipeline, job, todo, entries, outputs, rows, opts)
+        failures = _process(lake, pipeline, job, todo, entries, outputs, rows, opts, lost)
     if failures:
         for h, attempt, _ in failures:
             rows[h] = [h, "failed", spec.datum_tries, attempt.seconds, planned[h].label()]
@@ -311,6 +422,7 @@ def _execute(lake: Lake, pipeline: Pipeline, job: Job, opts: RunOptions) -> None
         return
 
     records.put_datum_list(lake, spec.name, job.id, [rows[k] for k in sorted(rows)])
+    _fence(lake, spec.name, job, opts, "before its output commit")
     commit = lake.commit(
         spec.name,
         spec.output_branch,
@@ -326,8 +438,17 @@ def _execute(lake: Lake, pipeline: Pipeline, job: Job, opts: RunOptions) -> None
     job.finished = time.time()
     job.output_commit = commit.id
     job.datum_tree = datum_root
+    if not records.set_state(
+        lake, spec.name, job.id, opts.instance, state="success", finished=job.finished
+    ):
+        raise _lost(
+            lake,
+            spec.name,
+            job,
+            f"after its output commit {commit.id} landed",
+            "its result is not recorded",
+        )
     records.put_job(lake, job)
-    records.set_state(lake, spec.name, job.id, state="success", finished=job.finished)
     opts.say(
         f"job {job.id}: success, {job.processed} processed, {job.skipped} skipped, "
         f"output {spec.name}@{commit.id} ({job.seconds():.2f} s)"
@@ -347,6 +468,7 @@ def _fail(
     spec = pipeline.spec
     gid = job.global_id
     provenance = tuple(Provenance(**p) for p in job.extra.get("provenance", ()))
+    _fence(lake, spec.name, job, opts, "before recording its failure")
     job.state = "failed"
     job.finished = time.time()
     job.error = msg
@@ -368,8 +490,11 @@ def _fail(
             )
             job.output_commit = commit.id
     finally:
+        if not records.set_state(
+            lake, spec.name, job.id, opts.instance, state="failed", finished=job.finished
+        ):
+            raise _lost(lake, spec.name, job, "while recording its failure")
         records.put_job(lake, job)
-        records.set_state(lake, spec.name, job.id, state="failed", finished=job.finished)
     opts.say(f"job {job.id}: failed: {msg.splitlines()[0]}")
 
 
@@ -624,6 +749,7 @@ def _process(
     outputs: dict[str, list[Entry]],
     rows: dict[str, list],
     opts: RunOptions,
+    lost: threading.Event | None = None,
 ) -> list[tuple[str, Attempt, str | None]]:
     """Run the datums in `todo`; fills `outputs` and `rows`. Returns every failed datum, in
     the order they failed: datums in flight when the first fails still finish, and each that
@@ -656,7 +782,7 @@ def _process(
         queue_in.put(item)
     done: queue.Queue[_Done | None] = queue.Queue()
     stop = threading.Event()
-    cancel = _Either(opts.cancel)
+    cancel = _Either(opts.cancel, lost)
     nworkers = max(1, min(spec.parallelism, len(todo)))
 
     def work(i: int) -> None:
@@ -734,7 +860,6 @@ def _process(
                     last_beat = time.monotonic()
                     job.heartbeat = time.time()
                     records.put_job(lake, job)
-                    records.set_state(lake, spec.name, job.id, heartbeat=job.heartbeat)
             _flush(lake, spec.name, job, pending, todo_map, outputs, rows, opts, io)
     except BaseException:
         cancel.own.set()  # Ctrl-C or a store error: kill this job's processes, do not wait
@@ -753,12 +878,13 @@ def _process(
 class _Either:
     """Set when the runner stops (shared by every job) or when this job must stop alone."""
 
-    def __init__(self, shared: threading.Event) -> None:
+    def __init__(self, shared: threading.Event, lost: threading.Event | None = None) -> None:
         self.shared = shared
         self.own = threading.Event()
+        self.lost = lost or threading.Event()  # another runner took the job over
 
     def is_set(self) -> bool:
-        return self.shared.is_set() or self.own.is_set()
+        return self.shared.is_set() or self.own.is_set() or self.lost.is_set()
 
 
 def scratch_dir(input_bytes: int) -> str | None:

@@ -28,6 +28,8 @@ from cowfs.lake import Lake
 from cowfs.pipelines.spec import PipelineSpec, parse
 
 #: A running job whose owner on another machine has not beaten its heart for this long is dead.
+#: Read at each check, so tests may shorten it. Runners refresh the heartbeat every
+#: `executor.HEARTBEAT_S` seconds for the whole life of a job, which must stay well below this.
 STALE_AFTER_S = 60.0
 
 
@@ -276,12 +278,18 @@ def find_job(lake: Lake, ident: str) -> Job:
 
 
 def this_owner(instance: str) -> dict:
+    pid = os.getpid()
     return {
-        "host": socket.gethostname(),
+        "host": _host(),
         "boot": _boot_id(),
-        "pid": os.getpid(),
+        "pid": pid,
+        "start": process_start(pid),
         "instance": instance,
     }
+
+
+def _host() -> str:
+    return socket.gethostname()
 
 
 def _boot_id() -> str:
@@ -292,9 +300,26 @@ def _boot_id() -> str:
         return ""
 
 
+def process_start(pid: int) -> int | None:
+    """The process's start time (field 22 of /proc/<pid>/stat, clock ticks since boot): with
+    the boot id and the pid it names one process, so a reused pid is told apart. None when
+    there is no such process or /proc cannot say."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat = f.read()
+        # The command name (field 2) is in parentheses and may hold spaces or ')'.
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
 def owner_alive(owner: dict, heartbeat: float | None, instance: str) -> bool:
-    """Whether the process that claimed a job may still be running it."""
-    if owner.get("host") == socket.gethostname() and owner.get("boot") == _boot_id():
+    """Whether the process that claimed a job may still be running it.
+
+    On this host and boot: its pid exists and, when the owner recorded its start time, that
+    process started then (a pid reused by another process is not the runner). Elsewhere: its
+    heartbeat is under `STALE_AFTER_S` old."""
+    if owner.get("host") == _host() and owner.get("boot") == _boot_id():
         pid = owner.get("pid")
         if pid == os.getpid():
             return owner.get("instance") == instance
@@ -303,8 +328,15 @@ def owner_alive(owner: dict, heartbeat: float | None, instance: str) -> bool:
         except (ProcessLookupError, TypeError, ValueError):
             return False
         except PermissionError:
-            return True
-        return True
+            pass
+        start = owner.get("start")
+        if start is None:
+            return True  # a record from before start times were kept: the pid alone decides
+        now = process_start(int(pid))
+        if now is None:
+            # Gone since the kill above, or /proc hides it: only the former is proof of death.
+            return os.path.exists(f"/proc/{int(pid)}")
+        return now == start
     return heartbeat is not None and time.time() - heartbeat < STALE_AFTER_S
 
 
@@ -350,19 +382,35 @@ def claim(
     return job_id, old
 
 
-def set_state(lake: Lake, name: str, job_id: str, **changes: Any) -> None:
-    """Update the claim this runner holds; a no-op when someone took it over meanwhile."""
-    for _ in range(10):
+class ClaimLost(Conflict):
+    """This runner's job was taken over by another runner: it must not commit or record."""
+
+
+def holds(state: dict | None, job_id: str, instance: str | None) -> bool:
+    """Whether a state record is still the claim of `job_id` by the runner `instance`."""
+    if state is None or state.get("job") != job_id:
+        return False
+    return instance is None or state.get("owner", {}).get("instance") == instance
+
+
+def set_state(
+    lake: Lake, name: str, job_id: str, instance: str | None = None, **changes: Any
+) -> bool:
+    """Update the claim this runner holds, by compare-and-swap: the ownership check and the
+    update are one atomic step. Returns False (changing nothing) when the record no longer
+    names this job (and, given `instance`, this runner): someone took the job over."""
+    for _ in range(20):
         current = lake.objects.get_versioned(state_key(name))
         if current is None:
-            return
+            return False
         st = json.loads(current.data)
-        if st.get("job") != job_id:
-            return
+        if not holds(st, job_id, instance):
+            return False
         st.update(changes)
         data = json.dumps(st, sort_keys=True).encode()
         if lake.objects.swap(state_key(name), data, current.token):
-            return
+            return True
+    raise Conflict(f"pipeline {name}: the state record kept changing under job {job_id}: retry")
 
 
 # --- datums and logs -----------------------------------------------------------------------------
