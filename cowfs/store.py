@@ -27,16 +27,20 @@ class PutStats:
 
     chunks_new: int = 0
     chunks_reused: int = 0
+    trees_new: int = 0
     bytes_plain_new: int = 0
     bytes_stored_new: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, new: bool, plain: int, stored: int) -> None:
+    def add(self, kind: Kind, new: bool, plain: int, stored: int) -> None:
         with self.lock:
             if new:
-                self.chunks_new += 1
                 self.bytes_plain_new += plain
                 self.bytes_stored_new += stored
+            if kind is Kind.TREE:
+                self.trees_new += new
+            elif new:
+                self.chunks_new += 1
             else:
                 self.chunks_reused += 1
 
@@ -67,12 +71,12 @@ class Store:
         key = object_key(kind, oid)
         if self.index.is_present(key) or self.objects.exists(key):
             self.index.mark_present([key])
-            self.put_stats.add(False, len(plain), 0)
+            self.put_stats.add(kind, False, len(plain), 0)
             return False
         framed = encode(kind, plain)
         self.objects.put(key, framed)
         self.index.mark_present([key])
-        self.put_stats.add(True, len(plain), len(framed))
+        self.put_stats.add(kind, True, len(plain), len(framed))
         return True
 
     def _get_object(self, kind: Kind, oid: str, cache: bool) -> bytes:

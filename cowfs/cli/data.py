@@ -85,6 +85,7 @@ def put(ctx: Context, target: str, source: Path, message: str, keep: bool, as_js
                 "files_read": report.files_read,
                 "bytes_read": report.bytes_read,
                 "chunks_new": lake.store.put_stats.chunks_new,
+                "tree_nodes_new": lake.store.put_stats.trees_new,
                 "bytes_stored_new": lake.store.put_stats.bytes_stored_new,
             }
         )

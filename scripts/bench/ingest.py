@@ -102,7 +102,7 @@ def bench_store(
     grown = (s2["stored_bytes"] - s1["stored_bytes"]) / MiB
     rows.append(
         f"| 5 MiB changed in 1 GiB, {name} | {dt:.2f} s | stored {grown:.1f} MiB, "
-        f"{out['chunks_new']} objects uploaded | - |"
+        f"{out['chunks_new']} chunks + {out['tree_nodes_new']} tree nodes uploaded | - |"
     )
     rows.append(
         f"| stats, {name} | logical {s2['logical_bytes'] / MiB:,.0f} MiB | stored "
