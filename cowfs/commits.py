@@ -59,23 +59,3 @@ class Commit:
         d["provenance"] = tuple(Provenance(**p) for p in d.get("provenance", ()))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def commit_key(repo: str, cid: str) -> str:
-    return f"commits/{repo}/{cid}"
-
-
-def ref_key(repo: str, branch: str) -> str:
-    return f"refs/{repo}/{branch}"
-
-
-def repo_key(repo: str) -> str:
-    return f"repos/{repo}"
-
-
-def global_key(gid: str, repo: str, cid: str) -> str:
-    return f"globals/{gid}/{repo}/{cid}"
-
-
-def downstream_key(src_repo: str, src_commit: str, repo: str, cid: str) -> str:
-    return f"downstream/{src_repo}/{src_commit}/{repo}/{cid}"

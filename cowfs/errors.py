@@ -21,6 +21,12 @@ class UsageError(CowfsError):
     errno = errno.EINVAL
 
 
+class NameTooLong(UsageError):
+    """A path component over 255 bytes or a path over 4,096 (the lake's limits, in `names`)."""
+
+    errno = errno.ENAMETOOLONG
+
+
 class NotFound(CowfsError):
     errno = errno.ENOENT
 

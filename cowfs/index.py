@@ -24,6 +24,7 @@ from pathlib import Path
 
 import lmdb
 
+from cowfs import layout
 from cowfs.errors import CowfsError, UsageError
 
 _ATIME = struct.Struct("<QQ")
@@ -34,7 +35,7 @@ PRESENT_TTL_S = 24 * 3600
 _TOUCH_EVERY_S = 300
 DEFAULT_CACHE_BYTES = 8 << 30
 #: Blobs under this key prefix are kept as files next to the LMDB environment.
-_FILE_PREFIX = "chunks/"
+_FILE_PREFIX = layout.CHUNKS
 
 
 def default_cache_bytes() -> int:

@@ -11,18 +11,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from cowfs import tree
+from cowfs import layout, tree
 from cowfs.changes import ChangeSet, resolve
-from cowfs.commits import (
-    Commit,
-    Provenance,
-    commit_key,
-    downstream_key,
-    global_key,
-    new_id,
-    ref_key,
-    repo_key,
-)
+from cowfs.commits import Commit, Provenance, new_id
 from cowfs.config import cache_dir_for, default_store_url
 from cowfs.entries import Entry
 from cowfs.errors import (
@@ -34,12 +25,19 @@ from cowfs.errors import (
     UsageError,
 )
 from cowfs.index import Index
+from cowfs.layout import (
+    MARKER,
+    commit_key,
+    downstream_key,
+    global_key,
+    ref_key,
+    repo_key,
+)
 from cowfs.names import check_name
 from cowfs.objectstore import ObjectStore, open_objectstore
 from cowfs.refs import Ref
 from cowfs.store import Store
 
-MARKER = "cowfs.json"
 STORE_FORMAT = 1
 _CAS_TRIES = 50
 
@@ -99,12 +97,12 @@ class Lake:
             raise NotFound(f"no repo named {name}: see `cowfs repo list`") from None
 
     def list_repos(self) -> list[dict]:
-        return [json.loads(self.objects.get(k)) for k, _ in self.objects.list("repos/")]
+        return [json.loads(self.objects.get(k)) for k, _ in self.objects.list(layout.REPOS)]
 
     def delete_repo(self, name: str) -> None:
         """Drop a repo, its branches and its commit records; chunks wait for garbage collection."""
         self.repo(name)
-        for prefix in (f"refs/{name}/", f"commits/{name}/"):
+        for prefix in (layout.refs_prefix(name), layout.commits_prefix(name)):
             for key, _ in self.objects.list(prefix):
                 self.objects.delete(key)
         self.objects.delete(repo_key(name))
@@ -114,8 +112,8 @@ class Lake:
     def branches(self, repo: str) -> list[tuple[str, str]]:
         self.repo(repo)
         out = []
-        for key, _ in self.objects.list(f"refs/{repo}/"):
-            out.append((key.rpartition("/")[2], json.loads(self.objects.get(key))["commit"]))
+        for key, _ in self.objects.list(layout.refs_prefix(repo)):
+            out.append((layout.last_part(key), json.loads(self.objects.get(key))["commit"]))
         return out
 
     def head_id(self, repo: str, branch: str) -> str | None:
@@ -157,7 +155,9 @@ class Lake:
             pass
         if len(prefix) < 6 or not all(c in "0123456789abcdef" for c in prefix):
             return None
-        matches = [k.rpartition("/")[2] for k, _ in self.objects.list(f"commits/{repo}/{prefix}")]
+        matches = [
+            layout.last_part(k) for k, _ in self.objects.list(layout.commits_prefix(repo, prefix))
+        ]
         if len(matches) > 1:
             raise UsageError(f"commit prefix {prefix} is ambiguous in {repo}: give more characters")
         return self.get_commit(repo, matches[0]) if matches else None
@@ -275,16 +275,16 @@ class Lake:
 
     def inspect(self, global_id: str) -> list[Commit]:
         out = []
-        for key, _ in self.objects.list(f"globals/{global_id}/"):
-            _, _, repo, cid = key.split("/")
+        for key, _ in self.objects.list(layout.globals_prefix(global_id)):
+            _, (repo, cid) = layout.parse_global_key(key)
             out.append(self.get_commit(repo, cid))
         return out
 
     def downstream(self, repo: str, cid: str) -> list[Commit]:
         out = []
-        for key, _ in self.objects.list(f"downstream/{repo}/{cid}/"):
-            parts = key.split("/")
-            out.append(self.get_commit(parts[3], parts[4]))
+        for key, _ in self.objects.list(layout.downstream_prefix(repo, cid)):
+            _, (out_repo, out_cid) = layout.parse_downstream_key(key)
+            out.append(self.get_commit(out_repo, out_cid))
         return out
 
     # --- reading trees -------------------------------------------------------------------------
@@ -311,17 +311,17 @@ class Lake:
     def stats(self) -> dict[str, Any]:
         """Logical bytes (every commit counted whole) against the bytes the store really holds."""
         chunks = stored_chunks = trees = stored_trees = 0
-        for _, size in self.objects.list("chunks/"):
+        for _, size in self.objects.list(layout.CHUNKS):
             chunks += 1
             stored_chunks += size
-        for _, size in self.objects.list("trees/"):
+        for _, size in self.objects.list(layout.TREES):
             trees += 1
             stored_trees += size
         commits = logical = head_bytes = head_files = 0
         repos = self.list_repos()
         for r in repos:
-            for key, _ in self.objects.list(f"commits/{r['name']}/"):
-                c = self.get_commit(r["name"], key.rpartition("/")[2])
+            for key, _ in self.objects.list(layout.commits_prefix(r["name"])):
+                c = self.get_commit(r["name"], layout.last_part(key))
                 commits += 1
                 logical += c.bytes
             for _, cid in self.branches(r["name"]):

@@ -22,6 +22,7 @@ from enum import IntEnum
 import blake3
 import zstandard
 
+from cowfs import layout
 from cowfs.errors import CorruptObject
 
 MAGIC = b"CWFS"
@@ -67,8 +68,7 @@ def object_id(plain: bytes | memoryview) -> str:
 
 
 def object_key(kind: Kind, oid: str) -> str:
-    folder = "chunks" if kind is Kind.CHUNK else "trees"
-    return f"{folder}/{oid[:2]}/{oid}"
+    return layout.chunk_key(oid) if kind is Kind.CHUNK else layout.tree_key(oid)
 
 
 def _pays_to_compress(plain: bytes | memoryview) -> bool:

@@ -23,38 +23,23 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cowfs import layout
 from cowfs.errors import AlreadyExists, Conflict, NotFound, ObjectMissing, UsageError
 from cowfs.lake import Lake
+from cowfs.layout import (
+    datum_key,
+    datum_list_key,
+    job_key,
+    log_key,
+    pipeline_key,
+)
+from cowfs.layout import pipeline_state_key as state_key
 from cowfs.pipelines.spec import PipelineSpec, parse
 
 #: A running job whose owner on another machine has not beaten its heart for this long is dead.
 #: Read at each check, so tests may shorten it. Runners refresh the heartbeat every
 #: `executor.HEARTBEAT_S` seconds for the whole life of a job, which must stay well below this.
 STALE_AFTER_S = 60.0
-
-
-def pipeline_key(name: str) -> str:
-    return f"pipelines/{name}"
-
-
-def state_key(name: str) -> str:
-    return f"pipeline-state/{name}"
-
-
-def job_key(pipeline: str, job: str) -> str:
-    return f"jobs/{pipeline}/{job}"
-
-
-def datum_key(pipeline: str, datum: str) -> str:
-    return f"datums/{pipeline}/{datum}"
-
-
-def datum_list_key(pipeline: str, job: str) -> str:
-    return f"datum-lists/{pipeline}/{job}"
-
-
-def log_key(pipeline: str, job: str, datum: str) -> str:
-    return f"logs/{pipeline}/{job}/{datum}"
 
 
 def new_job_id() -> str:
@@ -117,7 +102,7 @@ def _list(lake: Lake, prefix: str) -> list[dict]:
 
 
 def list_pipelines(lake: Lake) -> list[Pipeline]:
-    return [Pipeline.from_record(d) for d in _list(lake, "pipelines/")]
+    return [Pipeline.from_record(d) for d in _list(lake, layout.PIPELINES)]
 
 
 def check_graph(lake: Lake, spec: PipelineSpec, others: list[Pipeline]) -> None:
@@ -187,7 +172,7 @@ def update_pipeline(lake: Lake, spec: PipelineSpec, reprocess: bool = False) -> 
 def delete_pipeline(lake: Lake, name: str, keep_repo: bool = False) -> None:
     get_pipeline(lake, name)
     lake.objects.delete(pipeline_key(name))
-    for prefix in (f"jobs/{name}/", f"datum-lists/{name}/", f"datums/{name}/", f"logs/{name}/"):
+    for prefix in layout.pipeline_owned_prefixes(name):
         for key, _ in lake.objects.list(prefix):
             lake.objects.delete(key)
     lake.objects.delete(state_key(name))
@@ -255,7 +240,7 @@ def get_job(lake: Lake, pipeline: str, job_id: str) -> Job:
 
 
 def list_jobs(lake: Lake, pipeline: str) -> list[Job]:
-    return [Job.from_record(d) for d in _list(lake, f"jobs/{pipeline}/")]
+    return [Job.from_record(d) for d in _list(lake, layout.jobs_prefix(pipeline))]
 
 
 def find_job(lake: Lake, ident: str) -> Job:
@@ -263,8 +248,8 @@ def find_job(lake: Lake, ident: str) -> Job:
     if len(ident) < 6 or not all(c in "0123456789abcdef" for c in ident):
         raise UsageError(f"{ident!r} is not a job id (hex, at least 6 digits)")
     found = []
-    for key, _ in lake.objects.list("jobs/"):
-        _, pipeline, jid = key.split("/", 2)
+    for key, _ in lake.objects.list(layout.jobs_prefix()):
+        pipeline, jid = layout.parse_job_key(key)
         if jid.startswith(ident):
             found.append((pipeline, jid))
     if not found:
@@ -447,6 +432,6 @@ def put_log(lake: Lake, pipeline: str, job: str, datum: str, data: bytes) -> str
 
 def list_logs(lake: Lake, pipeline: str, job: str) -> list[tuple[str, bytes]]:
     out = []
-    for key, _ in lake.objects.list(f"logs/{pipeline}/{job}/"):
+    for key, _ in lake.objects.list(layout.logs_prefix(pipeline, job)):
         out.append((key.rpartition("/")[2], lake.objects.get(key)))
     return out

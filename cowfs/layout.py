@@ -1,0 +1,204 @@
+"""The store's key layout: every key and prefix, built and parsed here and nowhere else.
+
+A second implementation reads a cowfs store through this table (docs/architecture.md has the
+same table with what each object holds). Deletes, garbage collection, `cowfs check` and every
+reader use these functions; the question "what does repo R own" is answered once, by
+`repo_owned_prefixes`, so that a delete cannot forget a kind of key that a later feature adds.
+
+| key | what |
+| --- | --- |
+| `cowfs.json` | store marker |
+| `chunks/<id[:2]>/<id>` | a framed chunk |
+| `trees/<id[:2]>/<id>` | a framed tree node |
+| `repos/<repo>` | repo record |
+| `refs/<repo>/<branch>` | branch head (compare-and-swap) |
+| `tags/<repo>/<tag>` | tag: an immutable name for a commit (create-only) |
+| `commits/<repo>/<commit>` | commit record |
+| `globals/<global id>/<repo>/<commit>` | marker: this commit carries this global ID |
+| `downstream/<repo>/<commit>/<out repo>/<out commit>` | marker: provenance, reversed |
+| `pipelines/<name>` | pipeline spec and version |
+| `pipeline-state/<name>` | the job running or run last (compare-and-swap) |
+| `jobs/<pipeline>/<job>` | one job |
+| `datum-lists/<pipeline>/<job>` | every datum of a job |
+| `datums/<pipeline>/<hash>` | a processed datum |
+| `logs/<pipeline>/<job>/<hash>` | a datum's stdout and stderr |
+| `gc/…` | the collector's state (see docs/architecture.md) |
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+MARKER = "cowfs.json"
+
+CHUNKS = "chunks/"
+TREES = "trees/"
+REPOS = "repos/"
+REFS = "refs/"
+TAGS = "tags/"
+COMMITS = "commits/"
+GLOBALS = "globals/"
+DOWNSTREAM = "downstream/"
+PIPELINES = "pipelines/"
+PIPELINE_STATE = "pipeline-state/"
+JOBS = "jobs/"
+DATUM_LISTS = "datum-lists/"
+DATUMS = "datums/"
+LOGS = "logs/"
+GC = "gc/"
+
+
+# --- content-addressed objects ---------------------------------------------------------------
+
+
+def chunk_key(oid: str) -> str:
+    return f"{CHUNKS}{oid[:2]}/{oid}"
+
+
+def tree_key(oid: str) -> str:
+    return f"{TREES}{oid[:2]}/{oid}"
+
+
+def oid_of(key: str) -> str:
+    """The object id at the end of a chunk or tree key."""
+    return key.rpartition("/")[2]
+
+
+# --- repos, refs, commits --------------------------------------------------------------------
+
+
+def repo_key(repo: str) -> str:
+    return f"{REPOS}{repo}"
+
+
+def repo_of_key(key: str) -> str:
+    return key[len(REPOS) :]
+
+
+def ref_key(repo: str, branch: str) -> str:
+    return f"{REFS}{repo}/{branch}"
+
+
+def refs_prefix(repo: str) -> str:
+    return f"{REFS}{repo}/"
+
+
+def tag_key(repo: str, tag: str) -> str:
+    return f"{TAGS}{repo}/{tag}"
+
+
+def tags_prefix(repo: str) -> str:
+    return f"{TAGS}{repo}/"
+
+
+def commit_key(repo: str, cid: str) -> str:
+    return f"{COMMITS}{repo}/{cid}"
+
+
+def commits_prefix(repo: str, id_prefix: str = "") -> str:
+    return f"{COMMITS}{repo}/{id_prefix}"
+
+
+def last_part(key: str) -> str:
+    """The branch, tag or commit id a ref, tag or commit key ends with."""
+    return key.rpartition("/")[2]
+
+
+class CommitAt(NamedTuple):
+    repo: str
+    commit: str
+
+
+def global_key(gid: str, repo: str, cid: str) -> str:
+    return f"{GLOBALS}{gid}/{repo}/{cid}"
+
+
+def globals_prefix(gid: str = "") -> str:
+    return f"{GLOBALS}{gid}/" if gid else GLOBALS
+
+
+def parse_global_key(key: str) -> tuple[str, CommitAt]:
+    _, gid, repo, cid = key.split("/")
+    return gid, CommitAt(repo, cid)
+
+
+def downstream_key(src_repo: str, src_commit: str, repo: str, cid: str) -> str:
+    return f"{DOWNSTREAM}{src_repo}/{src_commit}/{repo}/{cid}"
+
+
+def downstream_prefix(src_repo: str = "", src_commit: str = "") -> str:
+    if not src_repo:
+        return DOWNSTREAM
+    if not src_commit:
+        return f"{DOWNSTREAM}{src_repo}/"
+    return f"{DOWNSTREAM}{src_repo}/{src_commit}/"
+
+
+def parse_downstream_key(key: str) -> tuple[CommitAt, CommitAt]:
+    """(input commit, output commit) of a provenance marker."""
+    _, src_repo, src_commit, repo, cid = key.split("/")
+    return CommitAt(src_repo, src_commit), CommitAt(repo, cid)
+
+
+def repo_owned_prefixes(repo: str) -> list[str]:
+    """Every prefix whose keys belong to `repo` alone (deleted with it).
+
+    Markers that name the repo from elsewhere (`globals/<gid>/<repo>/…` and the output side of
+    `downstream/…`) are not under one prefix; `repo_marker_keys` finds those from its commits.
+    """
+    return [refs_prefix(repo), tags_prefix(repo), downstream_prefix(repo), commits_prefix(repo)]
+
+
+# --- pipelines -------------------------------------------------------------------------------
+
+
+def pipeline_key(name: str) -> str:
+    return f"{PIPELINES}{name}"
+
+
+def pipeline_state_key(name: str) -> str:
+    return f"{PIPELINE_STATE}{name}"
+
+
+def job_key(pipeline: str, job: str) -> str:
+    return f"{JOBS}{pipeline}/{job}"
+
+
+def jobs_prefix(pipeline: str = "") -> str:
+    return f"{JOBS}{pipeline}/" if pipeline else JOBS
+
+
+def parse_job_key(key: str) -> tuple[str, str]:
+    """(pipeline, job id)."""
+    _, pipeline, job = key.split("/", 2)
+    return pipeline, job
+
+
+def datum_key(pipeline: str, datum: str) -> str:
+    return f"{DATUMS}{pipeline}/{datum}"
+
+
+def datum_list_key(pipeline: str, job: str) -> str:
+    return f"{DATUM_LISTS}{pipeline}/{job}"
+
+
+def log_key(pipeline: str, job: str, datum: str) -> str:
+    return f"{LOGS}{pipeline}/{job}/{datum}"
+
+
+def logs_prefix(pipeline: str, job: str = "") -> str:
+    return f"{LOGS}{pipeline}/{job}/" if job else f"{LOGS}{pipeline}/"
+
+
+def pipeline_owned_prefixes(name: str) -> list[str]:
+    """Every prefix of records that belong to pipeline `name` (its output repo is a repo)."""
+    return [
+        f"{JOBS}{name}/",
+        f"{DATUM_LISTS}{name}/",
+        f"{DATUMS}{name}/",
+        f"{LOGS}{name}/",
+    ]
+
+
+def pipeline_owned_keys(name: str) -> list[str]:
+    return [pipeline_key(name), pipeline_state_key(name)]
