@@ -84,6 +84,36 @@ def test_glob_features() -> None:
             globs.compile_glob(bad)
 
 
+def _finishes(fn, timeout: float = 60.0) -> bool:
+    """Whether `fn` returns within a generous bound (a backtracking match never would)."""
+    import threading
+
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive()
+
+
+def test_pathological_globs_are_bounded_or_matched_in_linear_time() -> None:
+    """Issue 8 item 14: these globs made `pipeline run` hang under a backtracking matcher."""
+    stars = "/" + "*" * 3000 + "x"
+    with pytest.raises(globs.GlobError, match="3000 wildcards.*at most 256"):
+        globs.compile_glob(stars)
+    with pytest.raises(SpecError, match=r"input\.pfs\.glob: glob has 3000 wildcards"):
+        parse({"pipeline": "p", "input": {"pfs": {"repo": "r", "glob": stars}},
+               "transform": {"cmd": ["true"]}})  # fmt: skip
+    with pytest.raises(globs.GlobError, match="at most 4096 are allowed"):
+        globs.compile_glob("/" + "a" * 5000)
+    nested = "/" + "(a*)*" * 30  # accepted: 60 operators, but exponential for `re`
+    parse({"pipeline": "p", "input": {"pfs": {"repo": "r", "glob": nested}},
+           "transform": {"cmd": ["true"]}})  # fmt: skip
+    hits = [InputFile("a" * n + "b", "d") for n in range(30, 4000, 40)]
+    misses = [InputFile("a" * n + "/b", "d") for n in range(30, 4000, 40)]
+    got: list = []
+    assert _finishes(lambda: got.append(plan(pfs("in", nested), {"in": hits + misses})))
+    assert len(got[0]) == len(hits)
+
+
 # --- planning ------------------------------------------------------------------------------------
 
 
