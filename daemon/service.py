@@ -50,6 +50,7 @@ _KEYS = {
     "allow_other": bool,
     "cache_dir": str,
     "state_dir": str,
+    "ray": str,
 }
 
 
@@ -63,6 +64,8 @@ class DaemonConfig:
     allow_other: bool = False
     cache_dir: str | None = None
     state_dir: str | None = None
+    #: Run pipelines whose spec names no runner on this Ray cluster ("auto", HOST:PORT, ...).
+    ray: str | None = None
 
     def override(self, **kw: Any) -> DaemonConfig:
         """Command-line values win over the file; None means "not given"."""
@@ -174,7 +177,9 @@ async def _main(cfg: DaemonConfig, lake: Lake) -> int:
                 )
                 parts.append(f"mounted {lake.url} at {mountpoint}")
             if cfg.watch:
-                watcher = Watcher(lake, cfg.poll_interval, uuid.uuid4().hex, stop, log.info)
+                watcher = Watcher(
+                    lake, cfg.poll_interval, uuid.uuid4().hex, stop, log.info, ray=cfg.ray
+                )
                 await nursery.start(watcher.run)
                 parts.append(f"watching pipelines every {cfg.poll_interval:g} s")
             status = "; ".join(parts) or "idle"

@@ -511,3 +511,27 @@ def test_batching_rejects_transform_stdin() -> None:
                 "datum_batching": True,
             }
         )
+
+
+# --- cron schedules ------------------------------------------------------------------------------
+
+
+def test_cron_schedules_skip_missed_ticks() -> None:
+    from cowfs.pipelines.cron import CronError, Schedule
+
+    every = Schedule.parse("@every 2s")
+    assert every.every == 2.0
+    assert every.latest_due(100.0, 101.9) is None
+    assert every.latest_due(100.0, 102.0) == 102.0
+    assert every.latest_due(100.0, 111.5) == 110.0  # four missed: one tick, the latest
+    minute = Schedule.parse("*/10 * * * *")
+    assert minute.latest_due(0.0, 599.0) is None
+    assert minute.latest_due(0.0, 600.0) == 600.0
+    assert minute.latest_due(0.0, 3601.0) == 3600.0
+    for bad in ("@every", "@every soon", "61 * * * *", "tick"):
+        with pytest.raises(CronError):
+            Schedule.parse(bad)
+    with pytest.raises(SpecError, match=r"input\.cross\[0\]\.cron\.spec: 'tick' is not a cron"):
+        parse({"pipeline": "p", "transform": {"cmd": ["true"]},
+               "input": {"cross": [{"cron": {"name": "t", "spec": "tick"}},
+                                   {"pfs": {"repo": "r", "glob": "/"}}]}})  # fmt: skip

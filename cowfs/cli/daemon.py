@@ -40,6 +40,13 @@ from cowfs.errors import UsageError
 )
 @click.option("--no-watch", is_flag=True, help="Do not run pipelines (mount and metrics only).")
 @click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="ADDRESS",
+    help="Run pipelines that name no runner on this Ray cluster (auto, HOST:PORT, ray://...).",
+)
+@click.option(
     "--cleanup",
     is_flag=True,
     help="Only unmount a mount a dead daemon left behind, then exit (ExecStopPost).",
@@ -52,6 +59,7 @@ def daemon(
     config_path: Path | None,
     poll_interval: float | None,
     no_watch: bool,
+    ray_address: str | None,
     cleanup: bool,
 ) -> None:
     """Run the watcher (jobs start when input branches move), /metrics, and optionally the mount.
@@ -68,6 +76,7 @@ def daemon(
         metrics=metrics,
         poll_interval=poll_interval,
         watch=False if no_watch else None,
+        ray=ray_address,
     )
     if cfg.poll_interval <= 0:
         raise UsageError("--poll-interval must be positive")
