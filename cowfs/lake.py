@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from cowfs import layout, tree
+from cowfs import gcguard, layout, tags, tree
 from cowfs.changes import ChangeSet, resolve
 from cowfs.commits import Commit, Provenance, new_id
 from cowfs.config import cache_dir_for, default_store_url
@@ -131,6 +131,9 @@ class Lake:
             raise UsageError(
                 f"cannot create branch {repo}@{branch}: give --from a commit or branch"
             )
+        # history hook: a name is a branch or a tag; the collector's guard before the swap.
+        tags.refuse_branch_named_like_tag(self.objects, repo, branch)
+        gcguard.guard_commit(self, start, None)
         if not self.objects.swap(ref_key(repo, branch), _ref_bytes(start.id), None):
             raise AlreadyExists(f"branch {repo}@{branch} already exists")
 
@@ -153,6 +156,9 @@ class Lake:
             return self.get_commit(repo, prefix)
         except NotFound:
             pass
+        tag = tags.get_tag(self.objects, repo, prefix)  # history hook: tags resolve as ids do
+        if tag is not None:
+            return self.get_commit(repo, tag.commit)
         if len(prefix) < 6 or not all(c in "0123456789abcdef" for c in prefix):
             return None
         matches = [
@@ -165,11 +171,11 @@ class Lake:
     def resolve(self, ref: Ref) -> Commit:
         self.repo(ref.repo)
         commit = self.head(ref.repo, ref.rev)
-        if commit is None:
+        if commit is None:  # find_commit also resolves tags (history hook)
             commit = self.find_commit(ref.repo, ref.rev)
         if commit is None:
             raise NotFound(
-                f"{ref.repo}@{ref.rev} is neither a branch nor a commit: "
+                f"{ref.repo}@{ref.rev} is neither a branch nor a commit (nor a tag): "
                 f"see `cowfs branch list {ref.repo}`"
             )
         for _ in range(ref.back):
@@ -198,17 +204,25 @@ class Lake:
         error: str | None = None,
         allow_empty: bool = False,
         extra: dict[str, Any] | None = None,
+        extra_parents: tuple[str, ...] = (),
+        expected_head: str | None = None,
     ) -> Commit:
         """Land `changes` on `repo@branch` as one new commit, whoever else is writing.
 
         Returns the head unchanged when the change changes nothing (unless `allow_empty`).
         A commit in state "failed" is recorded but the branch does not move to it.
+        `extra_parents` follow the head as parents (a merge); with `expected_head`, a head
+        that moved raises `Conflict` instead of re-applying (a merge or revert recomputes).
         """
         self.repo(repo)
         check_name(branch, "branch name")
         for _ in range(_CAS_TRIES):
             current = self.objects.get_versioned(ref_key(repo, branch))
             head = self.get_commit(repo, json.loads(current.data)["commit"]) if current else None
+            if expected_head is not None and (head.id if head else None) != expected_head:
+                raise Conflict(f"{repo}@{branch} moved while this change was computed: retry")
+            if current is None:
+                tags.refuse_branch_named_like_tag(self.objects, repo, branch)  # history hook
             base = head.tree if head else tree.empty_tree(self.store)
             edits = resolve(self.store, base, changes)
             new_tree = tree.apply(self.store, base, edits)
@@ -221,7 +235,7 @@ class Lake:
                 id=cid,
                 repo=repo,
                 tree=new_tree,
-                parents=(head.id,) if head else (),
+                parents=((head.id,) if head else ()) + extra_parents,
                 branch=branch,
                 global_id=global_id or cid,
                 origin=origin,
@@ -238,6 +252,17 @@ class Lake:
             self._write_commit(commit)
             if state != "finished":
                 return commit
+            try:  # history hook: the collector's guard, right before the swap
+                gcguard.before_swap(
+                    self,
+                    repo,
+                    new_tree,
+                    head.tree if head else None,
+                    [commit_key(repo, cid)] + [commit_key(repo, p) for p in extra_parents],
+                )
+            except Conflict:
+                self._unwrite_commit(commit)
+                raise
             if self.objects.swap(
                 ref_key(repo, branch), _ref_bytes(cid), current.token if current else None
             ):
@@ -268,6 +293,8 @@ class Lake:
             head = json.loads(current.data)["commit"] if current else None
             if head != expected:
                 raise Conflict(f"{repo}@{branch} moved to {head} while expected {expected}")
+        old = self.get_commit(repo, json.loads(current.data)["commit"]) if current else None
+        gcguard.guard_commit(self, commit, old.tree if old else None)  # history hook
         if not self.objects.swap(
             ref_key(repo, branch), _ref_bytes(commit.id), current.token if current else None
         ):
