@@ -60,3 +60,12 @@ class ObjectMissing(NotFound):
     """
 
     errno = errno.EIO
+
+
+class ReadOnly(CowfsError, PermissionError):
+    """A write aimed at something immutable: a commit, or an ancestor like `main^`.
+
+    Also a `PermissionError`, so fsspec callers (pandas, PyArrow) see the error they expect.
+    """
+
+    errno = errno.EROFS
