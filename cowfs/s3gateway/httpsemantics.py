@@ -54,10 +54,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         end = int(last) + 1 if last else size
     except ValueError:
         return None
-    if start < 0 or end <= start:
-        return None
     if start >= size:
         _unsatisfiable(header, size)
+    if end <= start:
+        return None
     return start, min(end, size)
 
 

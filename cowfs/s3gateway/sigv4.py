@@ -70,7 +70,8 @@ class Verified:
 
 
 def is_signed(req: SignedRequest) -> bool:
-    return "authorization" in req.headers or any(k == "X-Amz-Signature" for k, _ in req.query)
+    keys = {k for k, _ in req.query}
+    return "authorization" in req.headers or bool({"X-Amz-Signature", "AWSAccessKeyId"} & keys)
 
 
 def aws_quote(text: str, safe: str = "") -> str:
@@ -149,6 +150,8 @@ def verify(
     """Check a request's signature (either form); raises `S3Error` saying what is wrong."""
     now = time.time() if now is None else now
     query = dict(req.query)
+    if "AWSAccessKeyId" in query:
+        raise S3Error("InvalidRequest", "Signature Version 2 is not supported: presign with SigV4")
     if "X-Amz-Signature" in query:
         return _verify_presigned(req, query, secret_for, now)
     auth = req.headers.get("authorization", "")
