@@ -52,6 +52,8 @@ _KEYS = {
     "state_dir": str,
     "ray": str,
 }
+#: Tables of the same file that belong to others (the S3 gateway reads `[s3]`).
+_OTHER_TABLES = ("s3",)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class DaemonConfig:
     allow_other: bool = False
     cache_dir: str | None = None
     state_dir: str | None = None
+    #: HOST:PORT of the S3 gateway (`--s3`); its keys come from the config's `[s3]` table.
+    s3: str | None = None
     #: Run pipelines whose spec names no runner on this Ray cluster ("auto", HOST:PORT, ...).
     ray: str | None = None
 
@@ -83,7 +87,7 @@ def load_config(path: Path) -> DaemonConfig:
     section = raw.get("daemon", raw)
     problems = []
     for key, value in section.items():
-        if key == "daemon":
+        if key == "daemon" or (key in _OTHER_TABLES and isinstance(value, dict)):
             continue
         want = _KEYS.get(key)
         if want is None:
@@ -93,7 +97,7 @@ def load_config(path: Path) -> DaemonConfig:
     if problems:
         raise UsageError(f"config {path}: " + "; ".join(problems))
     known = {f.name for f in fields(DaemonConfig)}
-    values = {k: v for k, v in section.items() if k in known}
+    values = {k: v for k, v in section.items() if k in known and k not in _OTHER_TABLES}
     if "poll_interval" in values:
         values["poll_interval"] = float(values["poll_interval"])
     return DaemonConfig(**values)
@@ -116,7 +120,8 @@ def sd_notify(message: str) -> bool:
     return True
 
 
-def run_service(cfg: DaemonConfig) -> None:
+def run_service(cfg: DaemonConfig, gateway: Any = None) -> None:
+    """`gateway`: the S3 gateway's settings (a `GatewayConfig`) when `cfg.s3` asks for it."""
     logging.basicConfig(
         level=logging.INFO, format="cowfs daemon: %(message)s", stream=sys.stderr, force=True
     )
@@ -136,14 +141,14 @@ def run_service(cfg: DaemonConfig) -> None:
     for sig in _STOP_SIGNALS:
         signal.signal(sig, _late_signal)
     try:
-        code = trio.run(_main, cfg, lake)
+        code = trio.run(_main, cfg, lake, gateway)
     finally:
         lake.close()
     if code:
         sys.exit(code)
 
 
-async def _main(cfg: DaemonConfig, lake: Lake) -> int:
+async def _main(cfg: DaemonConfig, lake: Lake, gateway: Any = None) -> int:
     from daemon import metrics
     from daemon.watcher import Watcher
 
@@ -176,6 +181,11 @@ async def _main(cfg: DaemonConfig, lake: Lake) -> int:
                     nursery.cancel_scope,
                 )
                 parts.append(f"mounted {lake.url} at {mountpoint}")
+            if cfg.s3 and gateway is not None:
+                from cowfs.s3gateway.server import serve_gateway
+
+                addrs = await nursery.start(serve_gateway, lake, gateway, stopping)
+                parts.append(f"S3 gateway on {addrs[0]}")
             if cfg.watch:
                 watcher = Watcher(
                     lake, cfg.poll_interval, uuid.uuid4().hex, stop, log.info, ray=cfg.ray
