@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--no-ray", action="store_true", help="skip the local-vs-Ray comparison")
     ap.add_argument("--only-ray", action="store_true", help="only the local-vs-Ray comparison")
     ap.add_argument("--trivial", type=int, default=10_000, help="trivial datums (Ray part)")
-    ap.add_argument("--unbatched", type=int, default=500, help="of them, run one per task")
+    ap.add_argument("--unbatched", type=int, default=100, help="of them, run one per task")
     ap.add_argument("--cpu-datums", type=int, default=200, help="~0.2 s CPU datums (Ray part)")
     args = ap.parse_args()
     if args.only_ray:

@@ -15,11 +15,14 @@ the batch, up to `datum_tries`); its datums' outputs were never returned, so non
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import shutil
 import socket
 import tempfile
 import threading
+import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -224,10 +227,8 @@ def _run_batch(
     and return each datum's entries (or failure). After a datum fails all its tries the rest
     are returned unrun, as the local runner starts no new datum after a failure."""
     from cowfs.pipelines.runners.attempt import run_datum
-    from cowfs.pipelines.runners.local import sandbox_for, scratch_dir
+    from cowfs.pipelines.runners.local import sandbox_for
     from cowfs.pipelines.spec import parse
-    from cowfs.pipelines.worker import Worker
-    from cowfs.reader import ChunkReader
 
     os.environ.update(env)
     lake = _lake(url)
@@ -241,9 +242,9 @@ def _run_batch(
             entries[(f[0], f[1])] = entry_from_json(e)
         datums.append((h, Datum(tuple(DatumFile(*f) for f in files))))
     size = sum(e.size for e in entries.values())
-    tmp = Path(tempfile.mkdtemp(prefix=f"cowfs-ray-{spec.name}-", dir=scratch_dir(size)))
-    reader = ChunkReader(lake.store)
-    worker = Worker(tmp / "w0", spec, sandbox, names, threading.Event())
+    key = json.dumps([url, spec_record, sorted(env.items())], sort_keys=True)
+    tmp, worker, reader = _worker(key, lambda: _new_worker(lake, spec, sandbox, names, size))
+    outs = tmp / f"outs-{uuid.uuid4().hex}"
     node = _node()
     out: list[dict] = []
     held: list[tuple[str, Path]] = []
@@ -258,8 +259,8 @@ def _run_batch(
                    "tries": n, "seconds": attempt.seconds, "log": attempt.log, "node": node,
                    "outputs": []}  # fmt: skip
             if attempt.ok:
-                worker.take_output(tmp / "outs" / h)
-                held.append((h, tmp / "outs" / h))
+                worker.take_output(outs / h)
+                held.append((h, outs / h))
             else:
                 failed = True
             out.append(row)
@@ -269,7 +270,44 @@ def _run_batch(
             if row.get("ok"):
                 row["outputs"] = [entry_to_json(e) for e in got[row["hash"]]]
         return out
+    except BaseException:
+        _drop_worker()  # its process or directory may be in any state: the next task starts anew
+        raise
     finally:
+        shutil.rmtree(outs, ignore_errors=True)
+
+
+#: The worker (directory, process, chunk reader) of the last task in this Ray worker process,
+#: kept for the next task of the same job: with batching, its long-lived process then serves
+#: every batch this process runs, as a local worker thread's does, instead of starting per task.
+_cached: list = []
+
+
+def _new_worker(lake, spec: PipelineSpec, sandbox, names: list[str], size: int):  # noqa: ANN001, ANN202
+    from cowfs.pipelines.runners.local import scratch_dir
+    from cowfs.pipelines.worker import Worker
+    from cowfs.reader import ChunkReader
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"cowfs-ray-{spec.name}-", dir=scratch_dir(size)))
+    return tmp, Worker(tmp / "w0", spec, sandbox, names, threading.Event()), ChunkReader(lake.store)
+
+
+def _worker(key: str, make):  # noqa: ANN001, ANN202
+    if _cached and _cached[0] == key:
+        return _cached[1]
+    _drop_worker()
+    made = make()
+    _cached[:] = [key, made]
+    return made
+
+
+def _drop_worker() -> None:
+    if _cached:
+        tmp, worker, reader = _cached[1]
+        _cached.clear()
         worker.close()
         reader.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+atexit.register(_drop_worker)
