@@ -229,6 +229,9 @@ def compare_runners(args: argparse.Namespace) -> None:
         job("cpu-local", "cpu", CPU_WORK, "local")
         job("cpu-ray", "cpu", CPU_WORK, "ray")
     finally:
+        import ray
+
+        ray.shutdown()  # the driver first: Ray refuses to remove the node it is connected to
         cluster.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     t = {name: (n, secs) for name, n, secs in rows}
