@@ -188,7 +188,7 @@ def snapshot(
             if raw is not None:
                 key, digest, chunks = msgpack.unpackb(raw)
                 refs = tuple(ChunkRef(c.hex(), o, n) for c, o, n in chunks)
-                if key == _stat_key(f.st) and not store.any_doubted(refs):
+                if key == _stat_key(f.st) and store.trust(refs):
                     changes.puts[path] = Entry(
                         path,
                         EntryType.FILE,
@@ -221,7 +221,7 @@ def snapshot(
                     old is not None
                     and old.is_file
                     and old.size == len(data)
-                    and not store.any_doubted(old.chunks)
+                    and store.trust(old.chunks)
                 ):
                     digest = blake3.blake3(data).digest()
                     if digest == old.digest:

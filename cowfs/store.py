@@ -110,9 +110,22 @@ class Store:
             return False
         return True
 
-    def any_doubted(self, refs: Iterable[ChunkRef]) -> bool:
-        """Whether any chunk of `refs` was found damaged or missing by this node."""
-        return bool(self.index.doubted([object_key(Kind.CHUNK, r.id) for r in refs]))
+    def trust(self, refs: Iterable[ChunkRef]) -> bool:
+        """Whether a writer may reference these stored chunks again without uploading them:
+        none was found damaged or missing by this node, and each is known present (or, when
+        the index has no record of it, the store holds a sound copy). A chunk found unsound
+        is doubted, so the caller's upload of the same bytes replaces it."""
+        keys = list(dict.fromkeys(object_key(Kind.CHUNK, r.id) for r in refs))
+        if self.index.doubted(keys):
+            return False
+        for key in keys:
+            if self.index.is_present(key):
+                continue
+            if not self._sound(Kind.CHUNK, layout.oid_of(key), key):
+                self.index.doubt(key)
+                return False
+            self.index.mark_present([key])
+        return True
 
     def refuse_doubted(self, entries: Iterable[Entry]) -> None:
         """Refuse to publish entries that reference an object this node found damaged or
