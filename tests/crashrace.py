@@ -23,6 +23,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,16 +163,15 @@ class Harness:
     def round(self) -> None:
         rng = self.rng
         delete_t = rng.random() < 0.4
-        jobs: list[tuple[str, str, Path, subprocess.Popen[str], float | None]] = []
+        jobs: list[tuple[str, str, Path, subprocess.Popen[str], threading.Timer | None]] = []
         for _ in range(rng.randint(2, 4)):
             repo = DOOMED if delete_t and rng.random() < 0.5 else STABLE
             branch = rng.choice(BRANCHES)
             src = self.make_source()
             self.known[repo].add(contents_of_dir(src))
-            kill_at = rng.uniform(0.2, 1.5) if rng.random() < 0.35 else None
-            jobs.append(
-                (repo, branch, src, self.spawn("put", f"{repo}@{branch}", str(src)), kill_at)
-            )
+            p = self.spawn("put", f"{repo}@{branch}", str(src))
+            kill = self._kill_later(p, rng.uniform(0.3, 2.5)) if rng.random() < 0.5 else None
+            jobs.append((repo, branch, src, p, kill))
         others: list[tuple[str, subprocess.Popen[str]]] = []
         if rng.random() < 0.5:
             name = f"c{self.n}"
@@ -182,7 +182,6 @@ class Harness:
                 )
             )
             self.tally.branch_creates += 1
-        began = time.monotonic()
         if delete_t:
             time.sleep(rng.uniform(0.0, 1.0))
             self.cli("repo", "delete", DOOMED, "--yes")
@@ -193,17 +192,13 @@ class Harness:
             }
         if self.mounted is not None:
             self._mount_step()
-        for repo, branch, src, p, kill_at in jobs:
-            if kill_at is not None:
-                left = kill_at - (time.monotonic() - began)
-                try:
-                    p.wait(timeout=max(left, 0.0))
-                except subprocess.TimeoutExpired:
-                    p.send_signal(signal.SIGKILL)
-                    self.tally.puts_killed += 1
+        for repo, branch, src, p, kill in jobs:
             out, err = p.communicate(timeout=300)
+            if kill is not None:
+                kill.cancel()
             self.tally.puts += 1
             if p.returncode == -signal.SIGKILL:
+                self.tally.puts_killed += 1
                 continue
             if p.returncode == 0:
                 cid = out.strip().splitlines()[-1]
@@ -218,6 +213,17 @@ class Harness:
             if p.returncode != 0:
                 self._clean_failure(what, p, err)
         self.tally.rounds += 1
+
+    @staticmethod
+    def _kill_later(p: subprocess.Popen[str], seconds: float) -> threading.Timer:
+        def kill() -> None:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+
+        t = threading.Timer(seconds, kill)
+        t.daemon = True
+        t.start()
+        return t
 
     # --- the mount -----------------------------------------------------------------------
 
@@ -243,18 +249,20 @@ class Harness:
         self.known[STABLE].add(held)
         p = self.spawn("commit", f"{STABLE}@{MOUNT_BRANCH}", "--keep-open")
         self.tally.commits += 1
-        what = self.rng.choice(["finish", "kill-commit", "kill-mount"])
-        if what != "finish":
+        what = self.rng.choices(["finish", "kill-commit", "kill-mount"], [3, 3, 4])[0]
+        delay = self.rng.uniform(0.2, 2.0)
+        if what == "kill-commit":
+            self._kill_later(p, delay)
+        elif what == "kill-mount":
             try:
-                p.wait(timeout=self.rng.uniform(0.05, 0.8))
+                p.wait(timeout=delay)
             except subprocess.TimeoutExpired:
-                if what == "kill-commit":
-                    p.send_signal(signal.SIGKILL)
-                    self.tally.commits_killed += 1
-                else:
-                    m.kill9()
-                    self.tally.mounts_killed += 1
+                pass
+            m.kill9()
+            self.tally.mounts_killed += 1
         out, err = p.communicate(timeout=300)
+        if p.returncode == -signal.SIGKILL:
+            self.tally.commits_killed += 1
         if p.returncode == 0 and out.strip():
             self.finished.append(Finished(STABLE, out.strip().splitlines()[-1], held))
         elif p.returncode not in (0, -signal.SIGKILL) and what != "kill-mount":

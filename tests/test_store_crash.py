@@ -16,7 +16,7 @@ import pytest
 from tests.crashrace import Harness
 
 SEED = int(os.environ.get("COWFS_HARNESS_SEED", "8"))
-SECONDS = float(os.environ.get("COWFS_HARNESS_SECONDS", "40"))
+SECONDS = float(os.environ.get("COWFS_HARNESS_SECONDS", "30"))
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -38,6 +38,6 @@ def test_crash_and_race_local_store_with_mount(tmp_path: Path) -> None:
 @pytest.mark.s3
 def test_crash_and_race_seaweedfs(s3_url: str, tmp_path: Path) -> None:
     h = Harness(tmp_path, s3_url, _env(tmp_path), SEED + 1)
-    t = h.run(SECONDS * 0.75)
+    t = h.run(SECONDS * 0.6)
     assert t.rounds >= 2 and t.verified_commits > 0
     print(t.line())
