@@ -267,6 +267,26 @@ class Index:
                 return set()
             return {k for k in keys if txn.get(k.encode(), db=self._doubt) is not None}
 
+    def check_keys(self, keys: list[str]) -> tuple[set[str], set[str]]:
+        """(doubted, not known present) among `keys`, in one read transaction."""
+        now = time.time()
+        doubted: set[str] = set()
+        absent: set[str] = set()
+        with self.env.begin() as txn:
+            any_doubt = txn.stat(self._doubt)["entries"] > 0
+            for k in keys:
+                b = k.encode()
+                if any_doubt and txn.get(b, db=self._doubt) is not None:
+                    doubted.add(k)
+                raw = txn.get(b, db=self._present)
+                if raw is None or now - struct.unpack("<Q", raw)[0] >= PRESENT_TTL_S:
+                    absent.add(k)
+        return doubted, absent
+
+    def any_doubts(self) -> bool:
+        with self.env.begin() as txn:
+            return txn.stat(self._doubt)["entries"] > 0
+
     def clear_doubt(self, key: str) -> None:
         with self.env.begin(write=True) as txn:
             txn.delete(key.encode(), db=self._doubt)

@@ -110,26 +110,33 @@ class Store:
             return False
         return True
 
-    def trust(self, refs: Iterable[ChunkRef]) -> bool:
-        """Whether a writer may reference these stored chunks again without uploading them:
-        none was found damaged or missing by this node, and each is known present (or, when
-        the index has no record of it, the store holds a sound copy). A chunk found unsound
-        is doubted, so the caller's upload of the same bytes replaces it."""
-        keys = list(dict.fromkeys(object_key(Kind.CHUNK, r.id) for r in refs))
-        if self.index.doubted(keys):
-            return False
-        for key in keys:
-            if self.index.is_present(key):
-                continue
-            if not self._sound(Kind.CHUNK, layout.oid_of(key), key):
+    def untrusted(self, ids: Iterable[str]) -> set[str]:
+        """The chunk ids a writer may not reference again without uploading them: found
+        damaged or missing by this node, or unknown to the index and not soundly in the store
+        (those are doubted now, so an upload of the same bytes replaces them). One index
+        transaction for all of them, so a put of millions of unchanged files stays cheap."""
+        keys = {object_key(Kind.CHUNK, i): i for i in ids}
+        doubted, absent = self.index.check_keys(list(keys))
+        bad = {keys[k] for k in doubted}
+        sound = []
+        for key in absent - doubted:
+            if self._sound(Kind.CHUNK, keys[key], key):
+                sound.append(key)
+            else:
                 self.index.doubt(key)
-                return False
-            self.index.mark_present([key])
-        return True
+                bad.add(keys[key])
+        self.index.mark_present(sound)
+        return bad
+
+    def trust(self, refs: Iterable[ChunkRef]) -> bool:
+        """Whether these stored chunks may be referenced again without uploading them."""
+        return not self.untrusted(r.id for r in refs)
 
     def refuse_doubted(self, entries: Iterable[Entry]) -> None:
         """Refuse to publish entries that reference an object this node found damaged or
         missing and has not uploaded again since (issue 8, item 9)."""
+        if not self.index.any_doubts():
+            return
         keys: dict[str, str] = {}
         for e in entries:
             for c in e.chunks:
