@@ -88,3 +88,22 @@ def _number(env: Mapping[str, str], name: str, default: float, integer: bool = F
         kind = "a whole number" if integer else "a number of seconds"
         raise UsageError(f"{name}={raw!r} is not {kind} above 0")
     return value
+
+
+#: How long a writer may take from reading the collector's state to its branch swap, and how
+#: long a collector waits between publishing a run and sweeping it (docs/architecture.md,
+#: "Garbage collection"). Every machine writing to a store must use the same value.
+DEFAULT_GC_WINDOW_S = 60.0
+
+
+def gc_window_s() -> float:
+    raw = os.environ.get("COWFS_GC_WINDOW")
+    if not raw:
+        return DEFAULT_GC_WINDOW_S
+    try:
+        value = float(raw)
+    except ValueError:
+        from cowfs.errors import UsageError
+
+        raise UsageError(f"COWFS_GC_WINDOW={raw!r} is not a number of seconds") from None
+    return max(value, 0.0)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from cowfs import accounting, layout, tree
+from cowfs import accounting, gcguard, layout, tags, tree
 from cowfs.changes import ChangeSet, resolve
 from cowfs.commits import Commit, Provenance, new_id, parse_record
 from cowfs.config import StoreSettings, cache_dir_for, default_store_url
@@ -276,9 +276,12 @@ class Lake:
             raise UsageError(
                 f"cannot create branch {repo}@{branch}: give --from a commit or branch"
             )
+        # history hook: a name is a branch or a tag; the collector's guard before the swap.
+        tags.refuse_branch_named_like_tag(self.objects, repo, branch)
         current, head = self._ref(repo, branch, inc)
         if head is not None:
             raise AlreadyExists(f"branch {repo}@{branch} already exists")
+        gcguard.guard_commit(self, start, None)
         ref = RefRecord(start.id, inc).to_bytes()
         if not self.objects.swap(ref_key(repo, branch), ref, current.token if current else None):
             raise AlreadyExists(f"branch {repo}@{branch} already exists")
@@ -343,6 +346,9 @@ class Lake:
             return self.get_commit(repo, prefix)
         except NotFound:
             pass
+        tag = tags.get_tag(self.objects, repo, prefix)  # history hook: tags resolve as ids do
+        if tag is not None:
+            return self.get_commit(repo, tag.commit)
         if len(prefix) < 6 or not all(c in "0123456789abcdef" for c in prefix):
             return None
         matches = [
@@ -357,12 +363,12 @@ class Lake:
     def resolve(self, ref: Ref) -> Commit:
         self.repo(ref.repo)
         commit = self.head(ref.repo, ref.rev)
-        if commit is None:
+        if commit is None:  # find_commit also resolves tags (history hook)
             commit = self.find_commit(ref.repo, ref.rev)
         if commit is None:
             self._refuse_lost(ref.repo, ref.rev)
             raise NotFound(
-                f"{ref.repo}@{ref.rev} is neither a branch nor a commit: "
+                f"{ref.repo}@{ref.rev} is neither a branch nor a commit (nor a tag): "
                 f"see `cowfs branch list {ref.repo}`"
             )
         for _ in range(ref.back):
@@ -391,6 +397,8 @@ class Lake:
         error: str | None = None,
         allow_empty: bool = False,
         extra: dict[str, Any] | None = None,
+        extra_parents: tuple[str, ...] = (),
+        expected_head: str | None = None,
     ) -> Commit:
         """Land `changes` on `repo@branch` as one new commit, whoever else is writing.
 
@@ -398,14 +406,19 @@ class Lake:
         A commit in state "failed" is recorded but the branch does not move to it. Refuses to
         start a new history on a branch that lost its ref, and to publish a commit that
         references a chunk this node found damaged or missing.
+        `extra_parents` follow the head as parents (a merge); with `expected_head`, a head
+        that moved raises `Conflict` instead of re-applying (a merge or revert recomputes).
         """
         inc = self.repo_record(repo).incarnation
         check_name(branch, "branch name")
         for _ in range(_CAS_TRIES):
             current, head_id = self._ref(repo, branch, inc)
             head = self.get_commit(repo, head_id) if head_id else None
+            if expected_head is not None and (head.id if head else None) != expected_head:
+                raise Conflict(f"{repo}@{branch} moved while this change was computed: retry")
             if head is None:
                 self._refuse_lost(repo, branch)
+                tags.refuse_branch_named_like_tag(self.objects, repo, branch)  # history hook
             base = head.tree if head else tree.empty_tree(self.store)
             edits = resolve(self.store, base, changes)
             self.store.refuse_doubted(e for e in edits.values() if e is not None)
@@ -419,7 +432,7 @@ class Lake:
                 id=cid,
                 repo=repo,
                 tree=new_tree,
-                parents=(head.id,) if head else (),
+                parents=((head.id,) if head else ()) + extra_parents,
                 branch=branch,
                 global_id=global_id or cid,
                 origin=origin,
@@ -437,6 +450,17 @@ class Lake:
             self._write_commit(commit)
             if state != "finished":
                 return commit
+            try:  # history hook: the collector's guard, right before the swap
+                gcguard.before_swap(
+                    self,
+                    repo,
+                    new_tree,
+                    head.tree if head else None,
+                    [commit_key(repo, cid)] + [commit_key(repo, p) for p in extra_parents],
+                )
+            except Conflict:
+                self._unwrite_commit(commit)
+                raise
             ref = RefRecord(cid, inc).to_bytes()
             if self.objects.swap(ref_key(repo, branch), ref, current.token if current else None):
                 self._after_swap(repo, branch, inc, ref, created=head is None, undo=commit)
@@ -472,6 +496,8 @@ class Lake:
         current, head = self._ref(repo, branch, inc)
         if expected is not None and head != expected:
             raise Conflict(f"{repo}@{branch} moved to {head} while expected {expected}")
+        old = self.get_commit(repo, head) if head else None
+        gcguard.guard_commit(self, commit, old.tree if old else None)  # history hook
         ref = RefRecord(commit.id, inc).to_bytes()
         if not self.objects.swap(ref_key(repo, branch), ref, current.token if current else None):
             raise Conflict(f"{repo}@{branch} moved while it was being set: retry")

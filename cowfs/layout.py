@@ -23,7 +23,10 @@ reader use these functions; the question "what does repo R own" is answered once
 | `datum-lists/<pipeline>/<job>` | every datum of a job |
 | `datums/<pipeline>/<hash>` | a processed datum |
 | `logs/<pipeline>/<job>/<hash>` | a datum's stdout and stderr |
-| `gc/…` | the collector's state (see docs/architecture.md) |
+| `gc/runs/<run>` | a collector run: its candidates and its sweep set |
+| `gc/swept/<run>` | a finished sweep: what it deleted |
+| `gc/rescues/<run>/<writer>` | candidates of that run a writer's commit references |
+| `gc/holds/<holder>` | a commit kept alive from outside the refs (a staging area's base) |
 """
 
 from __future__ import annotations
@@ -231,3 +234,52 @@ def pipeline_owned_prefixes(name: str) -> list[str]:
 
 def pipeline_owned_keys(name: str) -> list[str]:
     return [pipeline_key(name), pipeline_state_key(name)]
+
+
+# --- garbage collection (docs/architecture.md, "Garbage collection") ---------------------------
+
+GC_RUNS = f"{GC}runs/"
+GC_SWEPT = f"{GC}swept/"
+GC_RESCUES = f"{GC}rescues/"
+GC_HOLDS = f"{GC}holds/"
+
+
+def gc_run_key(run: int) -> str:
+    """A collector run's published candidates and sweep set (create-only, immutable)."""
+    return f"{GC_RUNS}{run:012d}"
+
+
+def gc_swept_key(run: int) -> str:
+    """Written once a run's sweep has finished: what it deleted."""
+    return f"{GC_SWEPT}{run:012d}"
+
+
+def gc_run_of_key(key: str) -> int:
+    return int(key.rpartition("/")[2])
+
+
+def gc_rescue_key(run: int, writer: str) -> str:
+    """A writer's list of the candidates of `run` that its commit references."""
+    return f"{GC_RESCUES}{run:012d}/{writer}"
+
+
+def gc_rescues_prefix(run: int | None = None) -> str:
+    return GC_RESCUES if run is None else f"{GC_RESCUES}{run:012d}/"
+
+
+def gc_hold_key(holder: str) -> str:
+    """A commit kept alive by something outside the store's refs (an open staging area)."""
+    return f"{GC_HOLDS}{holder}"
+
+
+def parse_commit_key(key: str) -> CommitAt:
+    _, repo, cid = key.split("/")
+    return CommitAt(repo, cid)
+
+
+def object_kind_of_key(key: str) -> str:
+    """ "chunk", "tree", "commit" or "" for a key the collector does not collect."""
+    for prefix, kind in ((CHUNKS, "chunk"), (TREES, "tree"), (COMMITS, "commit")):
+        if key.startswith(prefix):
+            return kind
+    return ""
