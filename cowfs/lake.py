@@ -99,9 +99,13 @@ class Lake:
         v = self.objects.get_versioned(repo_key(name))
         return None if v is None else (parse_repo_record(repo_key(name), v.data), v)
 
-    def repo_record(self, name: str) -> RepoRecord:
+    def repo_record(self, name: str, deleting_ok: bool = False) -> RepoRecord:
+        """The live repo's record; with `deleting_ok`, also one a delete has marked (so that
+        the delete can be finished)."""
         check_name(name, "repo name")
         got = self._read_repo(name)
+        if got is not None and got[0].deleting and deleting_ok:
+            return got[0]
         if got is None or got[0].deleting:
             self._incs[name] = (time.monotonic(), None)
             raise NotFound(f"no repo named {name}: see `cowfs repo list`")
