@@ -131,8 +131,8 @@ def _plan(
     report: SnapshotReport,
 ) -> list[tuple[Found, str]]:
     """Put directories, symlinks and files the stat cache vouches for into `changes`; return
-    the files that must be read. A stat-cache hit counts only if every chunk it names is
-    trusted (checked for all hits at once), so a damaged chunk is re-read and re-uploaded."""
+    the files that must be read. A stat-cache hit counts only if no chunk it names is
+    doubted (checked for all hits at once), so a damaged chunk is re-read and re-uploaded."""
     cached = store.index.get_stats([os.path.abspath(f.abspath) for f in found])
     to_read: list[tuple[Found, str]] = []
     hits: list[tuple[Found, str, bytes, tuple[ChunkRef, ...]]] = []
@@ -163,7 +163,7 @@ def _plan(
                 hits.append((f, path, digest, refs))
                 continue
         to_read.append((f, path))
-    bad = store.untrusted({r.id for *_, refs in hits for r in refs})
+    bad = store.untrusted({r.id for *_, refs in hits for r in refs}, verify_unknown=False)
     for f, path, digest, refs in hits:
         if bad and any(r.id in bad for r in refs):
             to_read.append((f, path))

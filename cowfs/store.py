@@ -110,14 +110,21 @@ class Store:
             return False
         return True
 
-    def untrusted(self, ids: Iterable[str]) -> set[str]:
+    def untrusted(self, ids: Iterable[str], verify_unknown: bool = True) -> set[str]:
         """The chunk ids a writer may not reference again without uploading them: found
-        damaged or missing by this node, or unknown to the index and not soundly in the store
-        (those are doubted now, so an upload of the same bytes replaces them). One index
-        transaction for all of them, so a put of millions of unchanged files stays cheap."""
+        damaged or missing by this node, or (with `verify_unknown`) unknown to the index and
+        not soundly in the store; those are doubted now, so an upload of the same bytes
+        replaces them. One index transaction for all of them.
+
+        Stat-cache hits pass `verify_unknown=False`: their chunks were uploaded by this node,
+        and re-verifying every one after `present` expires would cost a read of the whole
+        data (or a HEAD per chunk) on every re-put; a damaged one is doubted by the first
+        read that meets it."""
         keys = {object_key(Kind.CHUNK, i): i for i in ids}
         doubted, absent = self.index.check_keys(list(keys))
         bad = {keys[k] for k in doubted}
+        if not verify_unknown:
+            return bad
         sound = []
         for key in absent - doubted:
             if self._sound(Kind.CHUNK, keys[key], key):
