@@ -1,7 +1,10 @@
 """The lake: repos, branches and commits over a `Store`. This is the Python API.
 
 Branch heads are the only mutable objects; every move is a compare-and-swap on the ref, retried
-by re-applying the writer's `ChangeSet` to the new head when another writer won.
+by re-applying the writer's `ChangeSet` to the new head when another writer won. Refs and commits
+belong to one incarnation of their repo (`cowfs.repos`): a writer re-reads the repo record after
+its swap and undoes its commit if a delete got there first, and readers ignore whatever another
+incarnation left behind.
 """
 
 from __future__ import annotations
