@@ -175,7 +175,7 @@ def merge(
             lake, dst_repo, src_commit, dst_branch, strategy, dry_run, message, str(src)
         )
     except merge3.MergeConflicts as e:
-        _conflicts_exit(e, as_json, info)
+        _conflicts_exit(e, as_json, {**info, "base": e.base})
         return
     info.update(
         base=res.base.id if res.base else None,
