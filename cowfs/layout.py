@@ -12,6 +12,7 @@ reader use these functions; the question "what does repo R own" is answered once
 | `trees/<id[:2]>/<id>` | a framed tree node |
 | `repos/<repo>` | repo record |
 | `refs/<repo>/<branch>` | branch head (compare-and-swap) |
+| `branches/<repo>/<branch>` | record that the branch was created (so a lost ref is damage) |
 | `tags/<repo>/<tag>` | tag: an immutable name for a commit (create-only) |
 | `commits/<repo>/<commit>` | commit record |
 | `globals/<global id>/<repo>/<commit>` | marker: this commit carries this global ID |
@@ -30,6 +31,7 @@ reader use these functions; the question "what does repo R own" is answered once
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 MARKER = "cowfs.json"
@@ -38,6 +40,7 @@ CHUNKS = "chunks/"
 TREES = "trees/"
 REPOS = "repos/"
 REFS = "refs/"
+BRANCHES = "branches/"
 TAGS = "tags/"
 COMMITS = "commits/"
 GLOBALS = "globals/"
@@ -84,6 +87,14 @@ def ref_key(repo: str, branch: str) -> str:
 
 def refs_prefix(repo: str) -> str:
     return f"{REFS}{repo}/"
+
+
+def branch_record_key(repo: str, branch: str) -> str:
+    return f"{BRANCHES}{repo}/{branch}"
+
+
+def branch_records_prefix(repo: str) -> str:
+    return f"{BRANCHES}{repo}/"
 
 
 def tag_key(repo: str, tag: str) -> str:
@@ -143,13 +154,31 @@ def parse_downstream_key(key: str) -> tuple[CommitAt, CommitAt]:
     return CommitAt(src_repo, src_commit), CommitAt(repo, cid)
 
 
+def commit_marker_keys(
+    repo: str, cid: str, global_id: str, inputs: Iterable[tuple[str, str]]
+) -> list[str]:
+    """The markers a commit writes outside its repo's prefixes: its global ID's, and the
+    reversed provenance marker under each input `(repo, commit)`. Written with the commit,
+    deleted with it (a repo delete reads its commit records to find them)."""
+    keys = [global_key(global_id or cid, repo, cid)]
+    keys.extend(downstream_key(r, c, repo, cid) for r, c in inputs)
+    return keys
+
+
 def repo_owned_prefixes(repo: str) -> list[str]:
-    """Every prefix whose keys belong to `repo` alone (deleted with it).
+    """Every prefix whose keys belong to `repo` alone (deleted with it), refs first so that a
+    half-done delete leaves no branch pointing at a deleted commit.
 
     Markers that name the repo from elsewhere (`globals/<gid>/<repo>/…` and the output side of
-    `downstream/…`) are not under one prefix; `repo_marker_keys` finds those from its commits.
+    `downstream/…`) are not under one prefix; `commit_marker_keys` finds those from its commits.
     """
-    return [refs_prefix(repo), tags_prefix(repo), downstream_prefix(repo), commits_prefix(repo)]
+    return [
+        refs_prefix(repo),
+        tags_prefix(repo),
+        branch_records_prefix(repo),
+        downstream_prefix(repo),
+        commits_prefix(repo),
+    ]
 
 
 # --- pipelines -------------------------------------------------------------------------------

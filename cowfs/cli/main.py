@@ -48,6 +48,7 @@ def _register() -> None:
     for module in (admin, data, history, pipeline, daemon, lifecycle):
         for command in module.COMMANDS:
             cli.add_command(command)
+    cli.add_command(__import__("cowfs.cli.s3", fromlist=["s3"]).s3)  # the S3 gateway (docs/s3.md)
     try:
         from cowfs.cli import mount as mount_cmds
     except ImportError:  # the mount's dependencies are optional at import time
