@@ -242,6 +242,7 @@ def sweep(lake: Lake, rec: gcstate.RunRecord, report: GcReport, sizes: dict[str,
             report.commits_dropped += 1
         objects.delete(key)
         lake.store.index.forget_present(key)
+        lake.store.index.forget_blob(key)
         deleted.add(key)
         report.swept += 1
         report.swept_bytes += sizes.get(key, 0)
@@ -258,9 +259,9 @@ def _drop_commit_markers(lake: Lake, key: str) -> None:
         c = Commit.from_record(json.loads(lake.objects.get(key)))
     except (ObjectMissing, ValueError):
         return
-    lake.objects.delete(layout.global_key(c.global_id or cid, repo, cid))
-    for p in c.provenance:
-        lake.objects.delete(layout.downstream_key(p.repo, p.commit, repo, cid))
+    inputs = [(p.repo, p.commit) for p in c.provenance]
+    for marker in layout.commit_marker_keys(repo, cid, c.global_id, inputs):
+        lake.objects.delete(marker)
     for marker, _ in lake.objects.list(layout.downstream_prefix(repo, cid)):
         lake.objects.delete(marker)
 
