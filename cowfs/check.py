@@ -91,6 +91,7 @@ class _Checker:
         self.commit_keys = {k for k, _ in self.objects.list(layout.COMMITS)}
         self.check_heads(layout.REFS, "branch")
         self.check_heads(layout.TAGS, "tag")
+        self.check_lost_refs()
         for key in sorted(self.commit_keys):
             self.check_commit(key)
         self.check_chunks()
@@ -117,6 +118,17 @@ class _Checker:
                     f"{what} {repo}@{name} names commit {cid}, which is not in the store",
                 )
                 p.commits.append(f"{repo}@{cid}")
+
+    def check_lost_refs(self) -> None:
+        """A branch whose creation was recorded but whose ref is gone lost its head."""
+        refs = {k[len(layout.REFS) :] for k, _ in self.objects.list(layout.REFS)}
+        for key, _ in self.objects.list(layout.BRANCHES):
+            name = key[len(layout.BRANCHES) :]
+            if name not in refs:
+                repo, _, branch = name.rpartition("/")
+                self.problem(
+                    "branch-lost", key, f"branch {repo}@{branch} was created but its ref is gone"
+                )
 
     def check_commit(self, key: str) -> None:
         repo, cid = layout.parse_commit_key(key)

@@ -81,6 +81,13 @@ def test_ref_to_missing_commit(lake: Lake) -> None:
     assert p.commits == [f"r@{c.id}"]
 
 
+def test_lost_ref(lake: Lake) -> None:
+    put(lake, "r", "main", {"a": b"1"})
+    lake.objects.delete(layout.ref_key("r", "main"))
+    (p,) = check(lake).problems
+    assert (p.kind, p.key) == ("branch-lost", layout.branch_record_key("r", "main"))
+
+
 def test_dangling_marker(lake: Lake) -> None:
     put(lake, "r", "main", {"a": b"1"})
     ghost = "f" * 32
