@@ -174,14 +174,17 @@ def test_writers_while_gc_runs(
     threads = [threading.Thread(target=write, args=(n,)) for n in range(2)]
     for t in threads:
         t.start()
+    swept = 0
     try:
         for _ in range(2):
-            gc.collect(collector, gc.GcOptions(grace_s=0, keep_commits_since_s=0, window_s=1))
+            opts = gc.GcOptions(grace_s=0, keep_commits_since_s=0, window_s=1)
+            swept += gc.collect(collector, opts).swept
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=300)
     assert not errors, errors
+    assert swept > 0, "the collector deleted garbage while the writers ran"
     gc.collect(collector, gc.GcOptions(grace_s=0, keep_commits_since_s=0, window_s=0))
     report = check(collector, read_fraction=1.0)
     assert report.ok, report.problems
