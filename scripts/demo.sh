@@ -39,6 +39,17 @@ run diff -r photos-first restore
 echo "identical: the first snapshot came back byte for byte"
 run cowfs stats
 
+# --- history: tags, merge, revert, gc, check -------------------------------------------------
+run cowfs tag create images@v1 --from "images@$first"
+run cowfs ls images@v1:/
+run cowfs branch create images@relabel --from images@main
+echo "relabelled" > note.txt
+run cowfs put images@relabel:/note.txt note.txt
+run cowfs merge images@relabel images@main
+run cowfs revert images@main images@main -m "undo the merge's note"
+run cowfs gc --dry-run
+run cowfs check --read-data
+
 # --- the mount -------------------------------------------------------------------------------
 mkdir -p pfs
 trap 'cowfs umount "$work/pfs" >/dev/null 2>&1 || true' EXIT
