@@ -147,6 +147,7 @@ class Staging(PosixOps):
         the area is incomplete and counts as absent."""
         shutil.rmtree(path / "recs", ignore_errors=True)
         shutil.rmtree(path / "data", ignore_errors=True)
+        (path / "journal").unlink(missing_ok=True)
         (path / "data").mkdir()
         meta = {
             "url": url,
