@@ -37,9 +37,13 @@ from daemon.views import View
 
 log = logging.getLogger("cowfs.mount")
 
-#: Chunks fetched ahead of a sequential reader, and ahead of a walk through a directory.
-READAHEAD = 16
+#: Chunks fetched ahead of a walk through a directory.
 DIR_READAHEAD = 24
+#: A sequential reader's read-ahead window, in chunks: it starts small and doubles each time
+#: the reader finds the chunk it needs not yet fetched (it outran the fetches in flight), so a
+#: fast reader keeps many fetches in flight and a slow one few.
+READAHEAD_MIN = 4
+READAHEAD_MAX = 64
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
@@ -100,6 +104,7 @@ class Handle:
     live: bool = False
     next_off: int = 0
     last_chunk: int = -1
+    window: int = READAHEAD_MIN
     listing: list[tuple[bytes, Any]] = field(default_factory=list)
 
 
@@ -159,7 +164,7 @@ class CowFS(pyfuse3.Operations):
         e = entry or await self.ns.entry(node)
         et, at = self._timeouts(node)
         a = attrs.entry_attr(node.ino, e, self.owner, et, at)
-        if node.extra.get("unlinked"):
+        if node.unlinked:
             a.st_nlink = 0  # fstat of a file deleted while open, as POSIX has it
         return a
 
@@ -326,14 +331,16 @@ class CowFS(pyfuse3.Operations):
         h.next_off = off + size
         data = self.reader.cached_read(e, off, size)
         if data is None:
+            if sequential and off:
+                h.window = min(h.window * 2, READAHEAD_MAX)
             data = await trio.to_thread.run_sync(
-                self.reader.read, e, off, size, READAHEAD if sequential else 0
+                self.reader.read, e, off, size, h.window if sequential else 0
             )
         elif sequential and e.chunks:
             idx = _chunk_index(e, off + size - 1)
             if idx != h.last_chunk:
                 h.last_chunk = idx
-                ahead = [c.id for c in e.chunks[idx + 1 : idx + 1 + READAHEAD]]
+                ahead = [c.id for c in e.chunks[idx + 1 : idx + 1 + h.window]]
                 self.reader.prefetch([c for c in ahead if not self.reader.has(c)])
         return data
 
