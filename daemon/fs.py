@@ -31,7 +31,7 @@ from cowfs.staging import ORPHAN, StagingError
 from daemon import attrs
 from daemon.inodes import ROOT, Node
 from daemon.metrics_fuse import FUSE_ERRORS, FUSE_OPS, FUSE_SECONDS
-from daemon.namespace import IDS, Namespace, join
+from daemon.namespace import IDS, Namespace, join, run_staged
 from daemon.reader import MountReader
 from daemon.views import View
 
@@ -424,7 +424,7 @@ class CowFS(pyfuse3.Operations):
         return node.view
 
     async def _staged(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(functools.partial(fn, *args))
+        return await run_staged(fn.__self__, fn, *args)  # type: ignore[attr-defined]
 
     async def _new_child(self, parent: Node, raw: bytes, e: Entry) -> pyfuse3.EntryAttributes:
         view: View = parent.view

@@ -364,6 +364,9 @@ def main() -> None:
     ap.add_argument("--tar-files", type=int, default=2000, help="local: files in the tar")
     ap.add_argument("--walk-files", type=int, default=200_000, help="local: files walked")
     ap.add_argument("--seconds", type=int, default=6, help="local: seconds per fio job")
+    ap.add_argument("--fuse-option", action="append", default=[], help="local: e.g. max_read=N")
+    ap.add_argument("--read-ahead-kb", type=int, default=None, help="local: the mount's bdi")
+    ap.add_argument("--only-reads", action="store_true", help="local: skip tar x and the walk")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark drops the page cache and mounts filesystems")
@@ -378,7 +381,17 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).parent))
         import mount_fio
 
-        res = mount_fio.run(work, args.file_mib, args.tar_files, args.walk_files, args.seconds, log)
+        res = mount_fio.run(
+            work,
+            args.file_mib,
+            args.tar_files,
+            args.walk_files,
+            args.seconds,
+            log,
+            args.fuse_option,
+            args.read_ahead_kb,
+            args.only_reads,
+        )
         mount_fio.report(res)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

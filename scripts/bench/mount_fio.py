@@ -56,11 +56,32 @@ def fio(path: Path, bs: str, engine: str, depth: int, jobs: int, seconds: int) -
 
 
 class Mount:
-    def __init__(self, work: Path, env: dict[str, str]) -> None:
+    """A `cowfs mount` process; `fuse_options` are added to pyfuse3's (an experiment: through a
+    `sitecustomize` of the mount process), `read_ahead_kb` is set on the mount's bdi."""
+
+    def __init__(
+        self,
+        work: Path,
+        env: dict[str, str],
+        fuse_options: list[str] | None = None,
+        read_ahead_kb: int | None = None,
+    ) -> None:
         self.mnt = work / "mnt"
         self.mnt.mkdir(exist_ok=True)
-        self.env = env
+        self.env = dict(env)
+        self.read_ahead_kb = read_ahead_kb
         self.proc: subprocess.Popen | None = None
+        if fuse_options:
+            site = work / "site"
+            site.mkdir(exist_ok=True)
+            (site / "sitecustomize.py").write_text(
+                "import pyfuse3\n"
+                "pyfuse3.default_options = frozenset(\n"
+                f"    pyfuse3.default_options | {set(fuse_options)!r})\n"
+            )
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(site), env.get("PYTHONPATH")])
+            )
 
     def cli(self, *a: str) -> str:
         return subprocess.run(
@@ -83,6 +104,10 @@ class Mount:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("the mount did not come up")
             time.sleep(0.05)
+        if self.read_ahead_kb is not None:
+            dev = os.stat(self.mnt).st_dev
+            bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+            bdi.write_text(f"{self.read_ahead_kb}\n")
 
     def down(self) -> None:
         subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
@@ -110,7 +135,25 @@ def make_tar(path: Path, files: int) -> None:
         t.add(src, arcname="set")
 
 
-def run(work: Path, file_mib: int, tar_files: int, walk_files: int, seconds: int, log: Log) -> dict:
+def seq_read(path: Path) -> float:
+    """MiB/s of one `cat` of the whole file, page cache dropped first."""
+    drop_caches()
+    t0 = time.perf_counter()
+    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
+    return path.stat().st_size / (1 << 20) / (time.perf_counter() - t0)
+
+
+def run(
+    work: Path,
+    file_mib: int,
+    tar_files: int,
+    walk_files: int,
+    seconds: int,
+    log: Log,
+    fuse_options: list[str] | None = None,
+    read_ahead_kb: int | None = None,
+    only_reads: bool = False,
+) -> dict:
     env = dict(os.environ)
     env.update(
         COWFS_STORE=str(work / "lstore"),
@@ -126,7 +169,7 @@ def run(work: Path, file_mib: int, tar_files: int, walk_files: int, seconds: int
         with open(big, "wb") as f:
             for _ in range(file_mib):
                 f.write(os.urandom(1 << 20))
-    m = Mount(work, env)
+    m = Mount(work, env, fuse_options, read_ahead_kb)
     m.cli("init")
     m.cli("repo", "create", "r")
     log(f"put {file_mib} MiB")
@@ -141,7 +184,13 @@ def run(work: Path, file_mib: int, tar_files: int, walk_files: int, seconds: int
         drop_caches()
         log("cold chunk cache: 4k depth 16 (each chunk verified whole on first touch)")
         res["cowfs 4k libaio qd16 cold-chunks"] = fio(view, "4k", "libaio", 16, 1, seconds)["iops"]
-        subprocess.run(["cat", str(view)], stdout=subprocess.DEVNULL, check=True)  # all located
+        res["cowfs seq MiB/s first read"] = seq_read(view)  # every chunk verified, located
+        res["disk seq MiB/s"] = seq_read(big)
+        res["cowfs seq MiB/s"] = seq_read(view)
+        log(
+            f"sequential: disk {res['disk seq MiB/s']:.0f} MiB/s, "
+            f"cowfs {res['cowfs seq MiB/s']:.0f} MiB/s"
+        )
         for bs, engine, depth, jobs in cases:
             label = f"{bs} {engine} qd{depth} x{jobs}"
             for name, path in (("disk", big), ("cowfs", view)):
@@ -149,6 +198,8 @@ def run(work: Path, file_mib: int, tar_files: int, walk_files: int, seconds: int
                 r = fio(path, bs, engine, depth, jobs, seconds)
                 res[f"{name} {label}"] = r["iops"]
                 log(f"{name:5} {label:22} {r['iops']:10.0f} IOPS {r['mib_s']:8.1f} MiB/s")
+        if only_reads:
+            return res
         # tar x of small files: ext4 (the work folder's filesystem) and a writable view.
         archive = work / "small.tar"
         make_tar(archive, tar_files)
@@ -172,7 +223,7 @@ def run(work: Path, file_mib: int, tar_files: int, walk_files: int, seconds: int
         log(f"tar x {tar_files}: disk {res['disk tar x']:.2f} s, cowfs {res['cowfs tar x']:.2f} s")
     finally:
         m.down()
-    if walk_files:
+    if walk_files and not only_reads:
         res.update(walk_rss(m, work, walk_files, log))
     return res
 
