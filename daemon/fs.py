@@ -4,8 +4,9 @@ Names, views, heads and write sessions are the namespace's (testable without /de
 module keeps what only FUSE has: handles, attributes and cache timeouts, the read path and the
 handlers that stage writes. Every handler runs on the trio loop; anything that may touch the
 object store (tree nodes, chunks, refs) runs in a worker thread so one slow fetch never stalls
-the mount (staging operations over a local store run on the loop: `namespace.run_staged`). Every error is answered with an errno: `CowfsError`s carry theirs, anything else is
-logged and becomes EIO.
+the mount (staging operations over a local store run on the loop: `namespace.run_staged`).
+Every error is answered with an errno: `CowfsError`s carry theirs, anything else is logged and
+becomes EIO.
 """
 
 from __future__ import annotations
