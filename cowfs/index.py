@@ -98,6 +98,12 @@ class Index:
         instead of LMDB pages faulted in one by one once the page cache has been dropped."""
         return self._files / key if key.startswith(_FILE_PREFIX) else None
 
+    def chunk_file(self, key: str) -> Path | None:
+        """The cached plain file of chunk `key`, if the cache holds one (for sub-chunk reads:
+        `cowfs.chunkfiles`); it may be evicted at any moment after."""
+        path = self._file(key)
+        return path if path is not None and path.is_file() else None
+
     def get_blob(self, key: str) -> bytes | None:
         k = key.encode()
         path = self._file(key)

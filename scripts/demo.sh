@@ -62,6 +62,7 @@ run cp photos/cats/4.jpg pfs/images/main/cats/5.jpg
 run mv pfs/images/main/labels.csv pfs/images/main/labels-v2.csv
 run cowfs commit images@main -m "relabel through the mount"
 run ls pfs/images/main pfs/images/main/cats
+run cowfs warmup images@main:/cats   # fetch a path's chunks ahead of an epoch over it
 
 # --- a pipeline --------------------------------------------------------------------------------
 cat > sizes.yaml <<'YAML'
