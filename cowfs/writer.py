@@ -142,7 +142,8 @@ class BranchWriter:
     def mkdir(self, path: str, mode: int = 0o755) -> None:
         key = self._key(path)
         self._forget(key)
-        self._puts[key] = _Put(mode & 0o7777, time.time_ns(), entry=dir_entry(key, mode))
+        now = time.time_ns()
+        self._puts[key] = _Put(mode & 0o7777, now, entry=dir_entry(key, mode, now))
 
     def delete(self, path: str) -> None:
         """Remove a file or a directory with everything beneath it ("" is everything)."""
