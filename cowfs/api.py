@@ -13,11 +13,12 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from cowfs.commits import Commit
+from cowfs.config import default_store_url
 from cowfs.entries import Entry, EntryType
 from cowfs.errors import NotFound, UsageError
 from cowfs.lake import Lake
@@ -76,8 +77,14 @@ def root_entry(commit: Commit) -> Entry:
 class Client:
     """A connection to one store. Thread-safe for reading; after `fork()` open a new one."""
 
-    def __init__(self, lake: Lake, head_ttl: float = DEFAULT_HEAD_TTL) -> None:
+    def __init__(
+        self,
+        lake: Lake,
+        head_ttl: float = DEFAULT_HEAD_TTL,
+        release: Callable[[], None] | None = None,
+    ) -> None:
         self.lake = lake
+        self._release = release or lake.close
         self.url = lake.url
         self.head_ttl = head_ttl
         self.reader = ChunkReader(lake.store)
@@ -88,7 +95,8 @@ class Client:
 
     def close(self) -> None:
         self.reader.close()
-        self.lake.close()
+        release, self._release = self._release, lambda: None
+        release()
 
     def __enter__(self) -> Client:
         return self
@@ -263,5 +271,28 @@ class EntryFile(io.RawIOBase):
 
 def connect(store: str | None = None, *, head_ttl: float = DEFAULT_HEAD_TTL) -> Client:
     """Open the lake at `store` (a folder, `file://`, `s3://bucket/prefix`), or the one the CLI
-    uses: `COWFS_STORE`, else the default local store."""
-    return Client(Lake.open(store), head_ttl=head_ttl)
+    uses: `COWFS_STORE`, else the default local store.
+
+    Clients of one store in one process share one `Lake` (LMDB allows a process one handle
+    per environment), closed with the last of them."""
+    key = (store or default_store_url(), os.environ.get("COWFS_CACHE_DIR"), os.getpid())
+    with _shared_lock:
+        lake, users = _shared.get(key, (None, 0))
+        if lake is None:
+            lake = Lake.open(store)
+        _shared[key] = (lake, users + 1)
+    return Client(lake, head_ttl=head_ttl, release=lambda: _release(key))
+
+
+_shared: dict[tuple[str, str | None, int], tuple[Lake, int]] = {}
+_shared_lock = threading.Lock()
+
+
+def _release(key: tuple[str, str | None, int]) -> None:
+    with _shared_lock:
+        lake, users = _shared[key]
+        if users > 1:
+            _shared[key] = (lake, users - 1)
+            return
+        del _shared[key]
+    lake.close()

@@ -47,10 +47,8 @@ class CowFixtures(AbstractFixtures):
         self, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> Iterator[CowFileSystem]:
         monkeypatch.setenv("COWFS_CACHE_DIR", str(tmp_path / "cache"))
-        if self.backend == "s3":
-            url = request.getfixturevalue("s3_url")
-        else:
-            url = str(tmp_path / "store")
+        s3 = self.backend == "s3"
+        url = request.getfixturevalue("s3_url") if s3 else str(tmp_path / "store")
         with Lake.open(url, create=True) as lake:
             lake.create_repo("suite")
         fs = CowFileSystem(store=url, skip_instance_cache=True)
