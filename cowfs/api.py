@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +22,13 @@ from typing import Any
 from cowfs.commits import Commit
 from cowfs.config import default_store_url
 from cowfs.entries import Entry, EntryType
-from cowfs.errors import NotFound, UsageError
+from cowfs.errors import CowfsError, NotFound, UsageError
+from cowfs.index import Index
 from cowfs.lake import Lake
+from cowfs.objectstore import open_objectstore
 from cowfs.reader import ChunkReader
 from cowfs.refs import Ref, parse_ref
+from cowfs.store import Store
 from cowfs.writer import BranchWriter
 
 #: Seconds a branch head is trusted before it is read again.
@@ -279,9 +284,33 @@ def connect(store: str | None = None, *, head_ttl: float = DEFAULT_HEAD_TTL) -> 
     with _shared_lock:
         lake, users = _shared.get(key, (None, 0))
         if lake is None:
-            lake = Lake.open(store)
+            lake = _open_lake(store)
         _shared[key] = (lake, users + 1)
     return Client(lake, head_ttl=head_ttl, release=lambda: _release(key))
+
+
+def _open_lake(store: str | None) -> Lake:
+    """The lake, with the node's index; in a forked child whose parent holds that index open
+    (a DataLoader worker), with a private one instead.
+
+    py-lmdb refuses to open an environment its process already has open, and a forked child
+    inherits that record while it must not use the parent's handle (LMDB forbids it). So the
+    child gets an empty index in a folder removed at once (the open files live on) with caching
+    off: it reads straight from the store, and its in-memory chunk reader still shares packed
+    chunks between the files it reads."""
+    try:
+        return Lake.open(store)
+    except CowfsError as e:
+        if "already open in this process" not in str(e):
+            raise
+    # Lake.open checked the store before it failed on the index.
+    objects = open_objectstore(store or default_store_url())
+    private = tempfile.mkdtemp(prefix="cowfs-worker-")
+    try:
+        index = Index(private, cache_bytes=0)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    return Lake(Store(objects, index))
 
 
 _shared: dict[tuple[str, str | None, int], tuple[Lake, int]] = {}

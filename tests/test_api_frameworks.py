@@ -182,12 +182,13 @@ def test_dataloader_workers_see_exactly_the_pinned_commit(local_store: str) -> N
         with lake.writer("tab@main") as w:
             w.put_bytes(first, b"changed after the dataset was made")
         assert ds.commit_id != lake.commit_of("tab@main").id
-    assert len(ds) == 2000 and ds.lineage["commit"] == ds.commit_id
-    seen: dict[str, str] = {}
-    loader = DataLoader(ds, batch_size=64, num_workers=2, shuffle=True)
-    for paths, datas in loader:
-        for p, d in zip(paths, datas, strict=True):
-            seen[p] = blake3.blake3(d).hexdigest()
+        assert len(ds) == 2000 and ds.lineage["commit"] == ds.commit_id
+        # The parent keeps its connection (and so the node's index) open while workers fork.
+        seen: dict[str, str] = {}
+        loader = DataLoader(ds, batch_size=64, num_workers=2, shuffle=True)
+        for paths, datas in loader:
+            for p, d in zip(paths, datas, strict=True):
+                seen[p] = blake3.blake3(d).hexdigest()
     assert seen == {p: blake3.blake3(d).hexdigest() for p, d in images.items()}
 
 
