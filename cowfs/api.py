@@ -31,6 +31,9 @@ from cowfs.refs import Ref, parse_ref
 from cowfs.store import Store
 from cowfs.writer import BranchWriter
 
+#: Chunks fetched ahead of a sequential reader: enough to keep 16 GETs in flight on S3, where
+#: 4 left a 256 MiB read at 40% of the GETs' own speed.
+READAHEAD = 16
 #: Seconds a branch head is trusted before it is read again.
 DEFAULT_HEAD_TTL = 1.0
 _COMMITS_KEPT = 4096
@@ -92,7 +95,8 @@ class Client:
         self._release = release or lake.close
         self.url = lake.url
         self.head_ttl = head_ttl
-        self.reader = ChunkReader(lake.store)
+        # A remote store is latency-bound: keep more chunk fetches in flight.
+        self.reader = ChunkReader(lake.store, workers=8 if lake.objects.is_local else 16)
         self._heads: dict[tuple[str, str], tuple[float, Commit]] = {}
         self._commits: dict[tuple[str, str, int], Commit] = {}
         self._lock = threading.Lock()
@@ -262,7 +266,7 @@ class EntryFile(io.RawIOBase):
         return self.pos
 
     def readinto(self, buffer: Any) -> int:
-        data = self.reader.read(self.entry, self.pos, len(buffer), readahead=4)
+        data = self.reader.read(self.entry, self.pos, len(buffer), readahead=READAHEAD)
         n = len(data)
         buffer[:n] = data
         self.pos += n

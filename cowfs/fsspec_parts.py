@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fsspec.spec import AbstractBufferedFile
 from fsspec.transaction import Transaction
 
+from cowfs.api import READAHEAD
 from cowfs.commits import Commit
 from cowfs.entries import Entry
 from cowfs.errors import (
@@ -151,7 +152,7 @@ class CowReadFile(AbstractBufferedFile):
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         reader = self.fs.client.reader
-        ahead = 4 if start == self._next else 0
+        ahead = READAHEAD if start == self._next else 0
         data = reader.read(self.entry, start, max(0, end - start), readahead=ahead)
         self._next = start + len(data)
         return data
