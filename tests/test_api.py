@@ -194,10 +194,16 @@ def test_paths_keep_the_lakes_limits(lake: cowfs.Client, fs: CowFileSystem) -> N
         fs.ls("nosuchrepo@main")
 
 
-def test_entry_point_opens_cowfs_urls_without_an_import(store: str, tmp_path: Path) -> None:
+def test_entry_point_opens_cowfs_urls_without_an_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`fsspec.open("cowfs://…")` in a fresh interpreter that never imports cowfs, through the
     `fsspec.specs` entry point exactly as pyproject.toml declares it (put on the path as its own
     distribution, so the test holds whether or not this checkout is the installed one)."""
+    monkeypatch.setenv("COWFS_CACHE_DIR", str(tmp_path / "cache"))
+    store = str(tmp_path / "store")
+    with Lake.open(store, create=True) as lake:
+        lake.create_repo("images")
     with cowfs.connect(store) as client, client.writer("images@main") as w:
         w.put_bytes("hello.txt", b"hello")
     text = (REPO_ROOT / "pyproject.toml").read_text()
