@@ -51,6 +51,8 @@ _KEYS = {
     "cache_dir": str,
     "state_dir": str,
 }
+#: Tables of the same file that belong to others (the S3 gateway reads `[s3]`).
+_OTHER_TABLES = ("s3",)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class DaemonConfig:
     allow_other: bool = False
     cache_dir: str | None = None
     state_dir: str | None = None
+    #: HOST:PORT of the S3 gateway (`--s3`); its keys come from the config's `[s3]` table.
+    s3: str | None = None
 
     def override(self, **kw: Any) -> DaemonConfig:
         """Command-line values win over the file; None means "not given"."""
@@ -80,7 +84,7 @@ def load_config(path: Path) -> DaemonConfig:
     section = raw.get("daemon", raw)
     problems = []
     for key, value in section.items():
-        if key == "daemon":
+        if key == "daemon" or (key in _OTHER_TABLES and isinstance(value, dict)):
             continue
         want = _KEYS.get(key)
         if want is None:
@@ -90,7 +94,7 @@ def load_config(path: Path) -> DaemonConfig:
     if problems:
         raise UsageError(f"config {path}: " + "; ".join(problems))
     known = {f.name for f in fields(DaemonConfig)}
-    values = {k: v for k, v in section.items() if k in known}
+    values = {k: v for k, v in section.items() if k in known and k not in _OTHER_TABLES}
     if "poll_interval" in values:
         values["poll_interval"] = float(values["poll_interval"])
     return DaemonConfig(**values)
@@ -113,7 +117,8 @@ def sd_notify(message: str) -> bool:
     return True
 
 
-def run_service(cfg: DaemonConfig) -> None:
+def run_service(cfg: DaemonConfig, gateway: Any = None) -> None:
+    """`gateway`: the S3 gateway's settings (a `GatewayConfig`) when `cfg.s3` asks for it."""
     logging.basicConfig(
         level=logging.INFO, format="cowfs daemon: %(message)s", stream=sys.stderr, force=True
     )
@@ -133,14 +138,14 @@ def run_service(cfg: DaemonConfig) -> None:
     for sig in _STOP_SIGNALS:
         signal.signal(sig, _late_signal)
     try:
-        code = trio.run(_main, cfg, lake)
+        code = trio.run(_main, cfg, lake, gateway)
     finally:
         lake.close()
     if code:
         sys.exit(code)
 
 
-async def _main(cfg: DaemonConfig, lake: Lake) -> int:
+async def _main(cfg: DaemonConfig, lake: Lake, gateway: Any = None) -> int:
     from daemon import metrics
     from daemon.watcher import Watcher
 
@@ -173,6 +178,11 @@ async def _main(cfg: DaemonConfig, lake: Lake) -> int:
                     nursery.cancel_scope,
                 )
                 parts.append(f"mounted {lake.url} at {mountpoint}")
+            if cfg.s3 and gateway is not None:
+                from cowfs.s3gateway.server import serve_gateway
+
+                addrs = await nursery.start(serve_gateway, lake, gateway, stopping)
+                parts.append(f"S3 gateway on {addrs[0]}")
             if cfg.watch:
                 watcher = Watcher(lake, cfg.poll_interval, uuid.uuid4().hex, stop, log.info)
                 await nursery.start(watcher.run)

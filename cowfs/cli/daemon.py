@@ -38,6 +38,13 @@ from cowfs.errors import UsageError
     default=None,
     help="Seconds between looks at the pipelines' input branches [0.5].",
 )
+@click.option(
+    "--s3",
+    "s3_listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the S3 gateway here too (keys from the config's [s3] table; docs/s3.md).",
+)
 @click.option("--no-watch", is_flag=True, help="Do not run pipelines (mount and metrics only).")
 @click.option(
     "--cleanup",
@@ -51,6 +58,7 @@ def daemon(
     metrics: str | None,
     config_path: Path | None,
     poll_interval: float | None,
+    s3_listen: str | None,
     no_watch: bool,
     cleanup: bool,
 ) -> None:
@@ -68,6 +76,7 @@ def daemon(
         metrics=metrics,
         poll_interval=poll_interval,
         watch=False if no_watch else None,
+        s3=s3_listen,
     )
     if cfg.poll_interval <= 0:
         raise UsageError("--poll-interval must be positive")
@@ -75,7 +84,16 @@ def daemon(
         cleanup_mount(cfg)
         return
 
-    run_service(cfg)
+    gateway = None
+    if cfg.s3:
+        from cowfs.s3gateway.config import load_gateway_config
+        from cowfs.s3gateway.server import parse_listen
+
+        parse_listen(cfg.s3)
+        gateway = load_gateway_config(config_path).override(listen=cfg.s3)
+        if not gateway.keys and not gateway.allow_anonymous:
+            raise UsageError("--s3: no S3 keys in the config's [s3] table (see docs/s3.md)")
+    run_service(cfg, gateway)
 
 
 COMMANDS = [daemon]

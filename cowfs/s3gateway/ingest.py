@@ -1,0 +1,157 @@
+"""Request bodies straight into chunks, and the entries and change sets they become.
+
+The one place the gateway turns bytes into a file of the lake (kept small so that it and the
+Python API's writer can become one). A body is read on the event loop and handed, a megabyte at
+a time, to a worker thread that cuts and uploads it with `Chunker.add_stream`; at most a few
+pieces wait between the two, so a 1 GiB upload is never whole in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import blake3
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from cowfs.changes import ChangeSet
+from cowfs.chunking import Chunker, FileData
+from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
+from cowfs.reader import ChunkReader
+from cowfs.s3gateway.errors import S3Error
+from cowfs.store import Store
+
+PIECE = 1 << 20
+_QUEUED_PIECES = 4
+#: Bodies up to this size are read whole and cut in one go (fewer thread hops).
+SMALL_BODY = 1 << 20
+
+
+class _Pipe:
+    """A `Readable` for the chunker, fed from the event loop's memory stream."""
+
+    def __init__(self, rx: MemoryObjectReceiveStream[bytes]) -> None:
+        self.rx = rx
+        self.buf = memoryview(b"")
+        self.eof = False
+
+    def readinto(self, out: memoryview) -> int:
+        n = 0
+        while n < len(out):
+            if not self.buf:
+                if self.eof:
+                    break
+                try:
+                    self.buf = memoryview(anyio.from_thread.run(self.rx.receive))
+                except anyio.EndOfStream:
+                    self.eof = True
+                    break
+            k = min(len(out) - n, len(self.buf))
+            out[n : n + k] = self.buf[:k]
+            self.buf = self.buf[k:]
+            n += k
+        return n
+
+
+def _cut(store: Store, readable: _Pipe | None, data: bytes | None) -> FileData:
+    with Chunker(store) as chunker:
+        pending = chunker.add_bytes(data) if data is not None else chunker.add_stream(readable)
+        chunker.wait()
+        return pending.result()
+
+
+async def ingest(store: Store, body: AsyncIterator[bytes], size_hint: int | None) -> FileData:
+    """Chunk and store a body; returns once every chunk is stored. Raises what `body` raises
+    (a bad checksum, a client gone) before anything refers to the chunks."""
+    if size_hint is not None and size_hint <= SMALL_BODY:
+        data = b"".join([piece async for piece in body])
+        return await anyio.to_thread.run_sync(_cut, store, None, data)
+    tx, rx = anyio.create_memory_object_stream[bytes](_QUEUED_PIECES)
+    result: list[FileData] = []
+
+    async def produce() -> None:
+        async with tx:
+            pending = bytearray()
+            async for piece in body:
+                pending += piece
+                if len(pending) >= PIECE:
+                    await tx.send(bytes(pending))
+                    pending.clear()
+            if pending:
+                await tx.send(bytes(pending))
+
+    async def consume() -> None:
+        async with rx:
+            result.append(await anyio.to_thread.run_sync(_cut, store, _Pipe(rx), None))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce)
+        tg.start_soon(consume)
+    return result[0]
+
+
+class BodyCheck:
+    """Hashes a body on its way in, to hold it to the SHA-256 or Content-MD5 it was sent with."""
+
+    def __init__(self, sha256_hex: str | None, md5_b64: str | None) -> None:
+        self.sha = hashlib.sha256() if sha256_hex else None
+        self.sha_want = sha256_hex
+        self.md5 = hashlib.md5() if md5_b64 else None
+        self.md5_want = md5_b64
+        self.size = 0
+
+    def update(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.sha:
+            self.sha.update(data)
+        if self.md5:
+            self.md5.update(data)
+
+    def finish(self) -> None:
+        if self.sha and self.sha.hexdigest() != self.sha_want:
+            raise S3Error(
+                "XAmzContentSHA256Mismatch", "the body's SHA-256 is not x-amz-content-sha256"
+            )
+        if self.md5 and (base64.b64encode(self.md5.digest()).decode() != self.md5_want):
+            raise S3Error("BadDigest", "the body's MD5 is not the Content-MD5 it was sent with")
+
+
+def file_entry(path: str, data: FileData, mtime_ns: int | None = None) -> Entry:
+    return Entry(
+        path,
+        EntryType.FILE,
+        0o644,
+        data.size,
+        time.time_ns() if mtime_ns is None else mtime_ns,
+        data.digest,
+        data.chunks,
+    )
+
+
+def folder_entry(path: str) -> Entry:
+    return dir_entry(path, mtime_ns=time.time_ns())
+
+
+def put_change(entry: Entry) -> ChangeSet:
+    return ChangeSet(puts={entry.path: entry})
+
+
+def concat_digest(reader: ChunkReader, refs: tuple[ChunkRef, ...]) -> bytes:
+    """BLAKE3 of a file made of already stored chunk slices, read back slice by slice."""
+    h = blake3.blake3()
+    for ref in refs:
+        data = reader.chunk(ref.id)
+        h.update(memoryview(data)[ref.offset : ref.offset + ref.length])
+    return h.digest()
+
+
+def slice_refs(entry: Entry, start: int, end: int) -> tuple[ChunkRef, ...]:
+    """The chunk references of bytes `[start, end)` of a stored file (a part copied from it)."""
+    return tuple(
+        ChunkRef(ref.id, ref.offset + lo, n) for ref, lo, n in entry.refs_for(start, end - start)
+    )
