@@ -64,6 +64,25 @@ run cowfs commit images@main -m "relabel through the mount"
 run ls pfs/images/main pfs/images/main/cats
 run cowfs warmup images@main:/cats   # fetch a path's chunks ahead of an epoch over it
 
+# --- Python: the API and cowfs:// for fsspec (no mount needed) ---------------------------------
+say 'python3: cowfs.connect(), lake.writer(), fsspec.filesystem("cowfs") with a transaction'
+"${PYTHON:-python3}" - <<'PY'
+import cowfs, fsspec
+lake = cowfs.connect()  # COWFS_STORE, as the CLI
+c = lake.commit_of("images@main")
+print(f"images@main is {c.id}: {c.files} files, {c.bytes} bytes")
+print("cats:", [i.name for i in lake.ls("images@main:/cats")])
+with lake.writer("images@main", message="labels from Python") as w:  # one commit
+    w.put_bytes("labels.csv", b"name,label\n1.jpg,cat\n4.jpg,cat\n5.jpg,cat\n")
+fs = fsspec.filesystem("cowfs", message="notes via fsspec")  # found by its entry point
+with fs.transaction:  # one commit for all of it
+    fs.pipe("cowfs://images@main/notes/readme.txt", b"written by fsspec\n")
+    fs.mv("images@main/labels-v2.csv", "images@main/notes/labels-old.csv")
+print(fs.cat("cowfs://images@main/labels.csv").decode(), end="")
+print("ukey = content digest:", fs.ukey("images@main/labels.csv")[:16], "...")
+print("log:", [x.message for x in lake.log("images@main")][:3])
+PY
+
 # --- a pipeline --------------------------------------------------------------------------------
 cat > sizes.yaml <<'YAML'
 pipeline: sizes

@@ -26,5 +26,8 @@ then
     PY=.venv/bin/python
     echo "this Python is managed by the system: installing into $(pwd)/.venv"
 fi
+# torch first, spelled exactly so: this pin takes a local CPU build quickly, where any other
+# spelling may pull a multi-GB CUDA build; the `torch` extra and the test extra then find it met.
+"$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0
 "$PY" -m pip install --quiet --disable-pip-version-check -e '.[test]'
 echo "cowfs installed: $("$PY" -m cowfs.cli.main --version)"
