@@ -16,17 +16,16 @@ from cowfs import layout, tree
 from cowfs.commits import Commit
 from cowfs.config import state_dir
 from cowfs.entries import Entry
-from cowfs.errors import NotFound
 from cowfs.lake import Lake
 from cowfs.names import ancestors
 from cowfs.reader import ChunkReader
-from cowfs.refs import Ref
 from cowfs.s3gateway.batch import Committer
 from cowfs.s3gateway.buckets import Bucket, Location, parse_bucket
 from cowfs.s3gateway.config import AccessKey, GatewayConfig
 from cowfs.s3gateway.errors import S3Error
 from cowfs.s3gateway.metrics import COMMITS, WRITES
 from cowfs.s3gateway.multipart import Uploads
+from cowfs.s3gateway.refcache import COMMIT_TTL_S, HEAD_TTL_S, MISSING, REPO_TTL_S, TtlCache
 from cowfs.s3gateway.sigv4 import Verified
 
 
@@ -66,6 +65,7 @@ class Gateway:
         root = cfg.state_dir or Path(state_dir()) / "s3" / "uploads"
         root.mkdir(parents=True, exist_ok=True)
         self.uploads = Uploads(root)
+        self.cache = TtlCache()
 
     def close(self) -> None:
         self.reader.close()
@@ -73,7 +73,35 @@ class Gateway:
     # --- buckets and refs ----------------------------------------------------------------------
 
     def is_repo(self, name: str) -> bool:
-        return self.lake.objects.exists(layout.repo_key(name))
+        if self.cache.get(("repo", name)) is True:
+            return True
+        found = self.lake.objects.exists(layout.repo_key(name))
+        if found:
+            self.cache.put(("repo", name), True, REPO_TTL_S)
+        return found
+
+    def resolve(self, repo: str, ref: str) -> Commit | None:
+        """The commit `repo@ref` names (a branch's head, or a commit by id or prefix)."""
+        key = ("ref", repo, ref)
+        hit = self.cache.get(key)
+        if hit is not MISSING:
+            return hit  # type: ignore[return-value]
+        gen = self.cache.generation(key)
+        cid = self.lake.head_id(repo, ref)
+        if cid is not None:
+            commit = self.lake.get_commit(repo, cid)
+            self.cache.put(key, commit, HEAD_TTL_S, gen)
+            return commit
+        commit = self.lake.find_commit(repo, ref)
+        if commit is not None:
+            self.cache.put(key, commit, COMMIT_TTL_S, gen)
+        return commit
+
+    def note_head(self, repo: str, branch: str) -> None:
+        """A write through this gateway moved a branch: the next read looks at the store, so
+        every client of this gateway reads its own writes (whichever of two racing writes
+        finished last)."""
+        self.cache.drop(("ref", repo, branch))
 
     def bucket(self, name: str) -> Bucket:
         b = parse_bucket(name, self.is_repo)
@@ -92,18 +120,18 @@ class Gateway:
     def root_of(self, repo: str, ref: str, missing: str = "NoSuchKey") -> str | None:
         """The tree root `repo@ref` names; None for a branch that has no commit yet (a repo with
         no branches at all, as CreateBucket leaves it)."""
-        try:
-            return self.lake.resolve(Ref(repo, ref)).tree
-        except NotFound:
-            if self.lake.head_id(repo, ref) is None and not self.lake.branches(repo):
-                return None
-            raise S3Error(missing, f"{repo}@{ref} is neither a branch nor a commit") from None
+        commit = self.resolve(repo, ref)
+        if commit is not None:
+            return commit.tree
+        if not self.lake.branches(repo):
+            return None
+        raise S3Error(missing, f"{repo}@{ref} is neither a branch nor a commit")
 
     def commit_of(self, repo: str, ref: str, missing: str = "NoSuchKey") -> Commit:
-        try:
-            return self.lake.resolve(Ref(repo, ref))
-        except NotFound:
-            raise S3Error(missing, f"{repo}@{ref} is neither a branch nor a commit") from None
+        commit = self.resolve(repo, ref)
+        if commit is None:
+            raise S3Error(missing, f"{repo}@{ref} is neither a branch nor a commit")
+        return commit
 
     def check_writable(self, access: AccessKey, repo: str, ref: str, missing: str) -> str | None:
         """Refuse writes to commits and to branches that do not exist; returns the head's tree."""
