@@ -73,11 +73,13 @@ class Gateway:
     # --- buckets and refs ----------------------------------------------------------------------
 
     def is_repo(self, name: str) -> bool:
-        if self.cache.get(("repo", name)) is True:
-            return True
+        hit = self.cache.get(("repo", name))
+        if hit is not MISSING:
+            return hit  # type: ignore[return-value]
         found = self.lake.objects.exists(layout.repo_key(name))
-        if found:
-            self.cache.put(("repo", name), True, REPO_TTL_S)
+        # "no such repo" is asked on every `<ref>.<repo>` request (is the whole name a repo?),
+        # so it is remembered too, for as long as a branch head.
+        self.cache.put(("repo", name), found, REPO_TTL_S if found else HEAD_TTL_S)
         return found
 
     def resolve(self, repo: str, ref: str) -> Commit | None:

@@ -3,7 +3,8 @@
 Without them every GET of a small object would cost three store round trips (the repo record,
 the branch head, then the data) before its own bytes. A branch head is re-read at most every
 `HEAD_TTL_S` (a write through this gateway drops it at once, so its clients read their own
-writes); a commit id never changes what it names; a repo is trusted to exist for `REPO_TTL_S`.
+writes); a commit id never changes what it names; a repo is trusted to exist for `REPO_TTL_S`
+and not to exist for `HEAD_TTL_S`. CreateBucket and DeleteBucket through this gateway clear it.
 """
 
 from __future__ import annotations
