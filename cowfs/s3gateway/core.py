@@ -6,7 +6,7 @@ the event loop for the network.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,7 +163,7 @@ class Gateway:
             return None
         return tree.lookup(self.store, root, path)
 
-    def iter_from(self, root: str | None) -> callable:
+    def iter_from(self, root: str | None) -> Callable[[str], Iterator[Entry]]:
         def it(start: str) -> Iterator[Entry]:
             return iter(()) if root is None else tree.iter_from(self.store, root, start)
 
