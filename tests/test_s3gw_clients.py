@@ -253,6 +253,18 @@ def test_bad_requests_are_clear_errors_and_change_nothing(
     resp = URLLib3Session().send(req.prepare())
     assert resp.status_code == 400 and b"<Code>MalformedXML</Code>" in resp.content
 
+    # bodies that are not what their signed SHA-256 says (changed after signing), small and
+    # streamed
+    for size in (100, 3 * MiB):
+        signed = os.urandom(size)
+        req = AWSRequest("PUT", f"{gw.endpoint}/{repo}/main/tampered.bin", data=signed)
+        S3SigV4Auth(creds, "s3", "us-east-1").add_auth(req)
+        prepared = req.prepare()
+        prepared.body = signed[:-1] + bytes([signed[-1] ^ 1])
+        resp = URLLib3Session().send(prepared)
+        assert resp.status_code == 400, resp.content
+        assert b"<Code>XAmzContentSHA256Mismatch</Code>" in resp.content
+
     # a presigned URL signed two hours ago for one hour
     url_ok = s3.generate_presigned_url(
         "get_object", Params={"Bucket": repo, "Key": "main/labels.csv"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -25,6 +26,9 @@ from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
 from cowfs.reader import ChunkReader
 from cowfs.s3gateway.errors import S3Error
 from cowfs.store import Store
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 PIECE = 1 << 20
 _QUEUED_PIECES = 4
@@ -89,10 +93,23 @@ async def ingest(store: Store, body: AsyncIterator[bytes], size_hint: int | None
         async with rx:
             result.append(await anyio.to_thread.run_sync(_cut, store, _Pipe(rx), None))
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(produce)
-        tg.start_soon(consume)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            tg.start_soon(consume)
+    except BaseExceptionGroup as group:
+        raise _cause(group) from None
     return result[0]
+
+
+def _cause(group: BaseExceptionGroup) -> BaseException:
+    """What went wrong first (a bad checksum, a client gone), not the cancellations it caused."""
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            return _cause(e)
+        if not isinstance(e, anyio.get_cancelled_exc_class()):
+            return e
+    return group.exceptions[0]
 
 
 class BodyCheck:
