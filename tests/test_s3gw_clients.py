@@ -449,3 +449,17 @@ def test_batch_window_and_anonymous_reads_in_the_daemon(tmp_path: Path) -> None:
         assert _error(e)[0] == "AccessDenied"
     finally:
         assert g.stop() == 0, "".join(g.lines)
+
+
+def test_serve_refuses_bad_settings_in_one_line(local_env: LakeEnv) -> None:
+    cfg = local_env.root / "c.toml"
+    cfg.write_text("[s3]\n")
+    code, err = local_env.fail("s3", "serve", "--config", str(cfg))
+    assert code == 2 and "no S3 keys" in err
+    code, err = local_env.fail("s3", "serve", "--allow-anonymous", "--listen", "nowhere")
+    assert code == 2 and "HOST:PORT" in err
+    cfg.write_text('[s3]\nbatch_windw = 1\n[[s3.keys]]\naccess_key = "a"\n')
+    code, err = local_env.fail("s3", "serve", "--config", str(cfg))
+    assert code == 2 and "unknown key s3.batch_windw" in err and "non-empty" in err
+    code, err = local_env.fail("s3", "serve", "--config", str(local_env.root / "missing.toml"))
+    assert code == 2 and "no config file" in err
