@@ -23,10 +23,14 @@ from cowfs.s3gateway.batch import Committer
 from cowfs.s3gateway.buckets import Bucket, Location, parse_bucket
 from cowfs.s3gateway.config import AccessKey, GatewayConfig
 from cowfs.s3gateway.errors import S3Error
+from cowfs.s3gateway.ingest import Limits
 from cowfs.s3gateway.metrics import COMMITS, WRITES
 from cowfs.s3gateway.multipart import Uploads
 from cowfs.s3gateway.refcache import COMMIT_TTL_S, HEAD_TTL_S, MISSING, REPO_TTL_S, TtlCache
 from cowfs.s3gateway.sigv4 import Verified
+
+#: Chunks the gateway keeps in memory for reads (packed small files share them).
+READER_MEMORY = 128 << 20
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Gateway:
         self.lake = lake
         self.cfg = cfg
         self.store = lake.store
-        self.reader = ChunkReader(lake.store)
+        self.reader = ChunkReader(lake.store, memory=READER_MEMORY)
 
         def landed(n: int) -> None:
             COMMITS.inc()
@@ -66,6 +70,7 @@ class Gateway:
         root.mkdir(parents=True, exist_ok=True)
         self.uploads = Uploads(root)
         self.cache = TtlCache()
+        self.limits = Limits()
 
     def close(self) -> None:
         self.reader.close()

@@ -54,7 +54,7 @@ async def create_upload(gw: Gateway, call: Call) -> Response:
 async def upload_part(gw: Gateway, call: Call) -> Response:
     number = _part_number(call)
     up = await anyio.to_thread.run_sync(_upload, gw, call)
-    data = await ingest(gw.store, body_of(call), _size_hint(call))
+    data = await ingest(gw.store, body_of(call), _size_hint(call), gw.limits)
     part = Part(number, data.size, f'"{data.digest.hex()}"', data.chunks, time.time())
     await anyio.to_thread.run_sync(gw.uploads.put_part, up, part)
     return Response(b"", 200, headers={"ETag": part.etag})
@@ -104,7 +104,7 @@ async def complete_upload(gw: Gateway, call: Call) -> Response:
             refs.extend(part.refs)
             size += part.size
         refs_t = tuple(refs)
-        data = FileData(size, concat_digest(gw.reader, refs_t), refs_t)
+        data = FileData(size, concat_digest(gw.store.get_chunk, refs_t), refs_t)
         return loc, up, file_entry(loc.path, data)
 
     loc, up, entry = await anyio.to_thread.run_sync(work)

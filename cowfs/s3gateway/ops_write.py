@@ -108,7 +108,7 @@ async def put_object(gw: Gateway, call: Call) -> Response:
         if loc.path:
             await commit(gw, loc, put_change(folder_entry(loc.path)), f"s3: PutObject {call.key}")
         return Response(b"", 200, headers={"ETag": '"0"'})
-    data: FileData = await ingest(gw.store, body_of(call), size_hint(call))
+    data: FileData = await ingest(gw.store, body_of(call), size_hint(call), gw.limits)
     entry = file_entry(loc.path, data)
     await commit(gw, loc, put_change(entry), f"s3: PutObject {call.key}")
     return Response(b"", 200, headers={"ETag": etag_of(entry)})
