@@ -23,9 +23,13 @@ class ChangeSet:
     deletes: list[str] = field(default_factory=list)
     #: Refuse deletes of paths the base does not have (`cowfs rm`), rather than ignore them.
     strict_deletes: bool = False
+    #: Paths whose subtree must hold exactly the puts beneath them (a mirroring `put` of a
+    #: directory; `""` is the root). Resolved against whatever head the change lands on, so a
+    #: retry after a lost swap deletes what the *new* head has there, not what the old one had.
+    mirror: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.puts or self.deletes)
+        return bool(self.puts or self.deletes or self.mirror)
 
 
 def resolve(nodes: NodeStore, base: str, changes: ChangeSet) -> dict[str, Entry | None]:
@@ -43,6 +47,10 @@ def resolve(nodes: NodeStore, base: str, changes: ChangeSet) -> dict[str, Entry 
             found = True
         if not found and changes.strict_deletes:
             raise UsageError(f"cannot remove /{path}: no such file or directory")
+    for root in changes.mirror:
+        for e in iter_under(nodes, base, root):
+            if e.path != root and e.path not in changes.puts:
+                edits[e.path] = None
     edits.update(changes.puts)
     for path in list(changes.puts):
         for anc in ancestors(path):

@@ -88,6 +88,9 @@ class Chunker:
         self.pool = ThreadPoolExecutor(workers)
         self.slots = threading.BoundedSemaphore(_IN_FLIGHT)
         self.futures: list[Future[str]] = []
+        #: The first upload failure: later submits raise it at once, so a dead store stops a
+        #: put after one request's timeout rather than after every chunk's.
+        self._failed: BaseException | None = None
 
     def __enter__(self) -> Chunker:
         return self
@@ -101,10 +104,15 @@ class Chunker:
     def _upload(self, data: bytes) -> str:
         try:
             return self.store.put_chunk(data, object_id(data))
+        except BaseException as e:
+            self._failed = self._failed or e
+            raise
         finally:
             self.slots.release()
 
     def _submit(self, data: bytes) -> Future[str]:
+        if self._failed is not None:
+            raise self._failed
         self.slots.acquire()
         fut = self.pool.submit(self._upload, data)
         self.futures.append(fut)

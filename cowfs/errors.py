@@ -60,3 +60,19 @@ class ObjectMissing(NotFound):
     """
 
     errno = errno.EIO
+
+
+class Damaged(CowfsError):
+    """The store is inconsistent in a way no operation of cowfs leaves it: a branch that had
+    commits lost its ref, a ref names a missing commit. Reported, never repaired silently."""
+
+    errno = errno.EIO
+
+
+class ReadOnly(CowfsError, PermissionError):
+    """A write aimed at something immutable: a commit, or an ancestor like `main^`.
+
+    Also a `PermissionError`, so fsspec callers (pandas, PyArrow) see the error they expect.
+    """
+
+    errno = errno.EROFS

@@ -11,6 +11,8 @@ Databases:
 - `atime`: object key -> (size, last use), the bookkeeping for that eviction.
 - `present`: object key -> when it was seen in the store, so `put` skips uploads it knows exist.
 - `stat`: local file path -> (size, mtime, inode, ctime, entry), git's index for `put`.
+- `doubt`: object key -> when a read found it damaged or missing; such an object is uploaded
+  again by the next put of its bytes, and never referenced by a new commit until then.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class Index:
         self.cache_bytes = cache_bytes if cache_bytes is not None else default_cache_bytes()
         map_size = max(1 << 30, self.cache_bytes * 2 + (1 << 30))
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            # Private: remote stores' chunks are cached here in the clear.
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.env = lmdb.open(
                 str(self.path),
                 map_size=map_size,
@@ -79,6 +82,7 @@ class Index:
         self._present = self.env.open_db(b"present")
         self._stat = self.env.open_db(b"stat")
         self._meta = self.env.open_db(b"meta")
+        self._doubt = self.env.open_db(b"doubt")
         self._files = self.path / "files"
         self._lock = threading.Lock()
         self._evicting = False
@@ -129,6 +133,42 @@ class Index:
             if not self._warned:
                 self._warned = True
                 print(f"cowfs: warning: not caching in {self.path}: {e}", file=sys.stderr)
+
+    def forget_blob(self, key: str) -> None:
+        """Drop one cached blob (found damaged, or its object was deleted)."""
+        self.forget_prefix(key, exact=True)
+
+    def forget_prefix(self, prefix: str, exact: bool = False) -> int:
+        """Drop every cached blob and `present` entry under `prefix` (what a delete removed:
+        cached records are treated as immutable, so a delete must purge them). Returns how
+        many blobs went."""
+        p = prefix.encode()
+        gone = 0
+        with self._lock, self.env.begin(write=True) as txn:
+            for db in (self._atime, self._present):
+                cur = txn.cursor(db=db)
+                keys = []
+                if cur.set_range(p):
+                    for k in cur.iternext(values=False):
+                        if not k.startswith(p) or (exact and k != p):
+                            break
+                        keys.append(bytes(k))
+                for k in keys:
+                    if db is self._atime:
+                        raw = txn.get(k, db=self._atime)
+                        size = _ATIME.unpack(raw)[0] if raw else 0
+                        txn.put(
+                            b"cached_bytes",
+                            struct.pack("<Q", max(self._total(txn) - size, 0)),
+                            db=self._meta,
+                        )
+                        txn.delete(k, db=self._blobs)
+                        path = self._file(k.decode())
+                        if path is not None:
+                            path.unlink(missing_ok=True)
+                        gone += 1
+                    txn.delete(k, db=db)
+        return gone
 
     def _put_blob(self, key: str, data: bytes) -> None:
         k = key.encode()
@@ -206,6 +246,30 @@ class Index:
     def forget_present(self, key: str) -> None:
         with self.env.begin(write=True) as txn:
             txn.delete(key.encode(), db=self._present)
+
+    # --- objects this node found damaged or missing -----------------------------------------
+
+    def doubt(self, key: str) -> None:
+        """Remember that a read of `key` failed its check (or found nothing): it is no longer
+        trusted as present, the next writer of its bytes uploads it again, and no commit is
+        published that references it until then."""
+        with self.env.begin(write=True) as txn:
+            txn.delete(key.encode(), db=self._present)
+            txn.put(key.encode(), struct.pack("<Q", int(time.time())), db=self._doubt)
+
+    def is_doubted(self, key: str) -> bool:
+        with self.env.begin() as txn:
+            return txn.get(key.encode(), db=self._doubt) is not None
+
+    def doubted(self, keys: list[str]) -> set[str]:
+        with self.env.begin() as txn:
+            if txn.stat(self._doubt)["entries"] == 0:
+                return set()
+            return {k for k in keys if txn.get(k.encode(), db=self._doubt) is not None}
+
+    def clear_doubt(self, key: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.delete(key.encode(), db=self._doubt)
 
     # --- put's stat cache -------------------------------------------------------------------
 

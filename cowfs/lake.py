@@ -9,37 +9,44 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
-from cowfs import layout, tree
+from cowfs import accounting, gcguard, layout, tags, tree
 from cowfs.changes import ChangeSet, resolve
-from cowfs.commits import Commit, Provenance, new_id
-from cowfs.config import cache_dir_for, default_store_url
+from cowfs.commits import Commit, Provenance, new_id, parse_record
+from cowfs.config import StoreSettings, cache_dir_for, default_store_url
 from cowfs.entries import Entry
 from cowfs.errors import (
     AlreadyExists,
     Conflict,
+    CorruptObject,
+    CowfsError,
+    Damaged,
     NotFound,
     ObjectMissing,
     StoreUnavailable,
     UsageError,
 )
 from cowfs.index import Index
-from cowfs.layout import (
-    MARKER,
-    commit_key,
-    downstream_key,
-    global_key,
-    ref_key,
-    repo_key,
-)
+from cowfs.layout import MARKER, commit_key, ref_key, repo_key
 from cowfs.names import check_name
-from cowfs.objectstore import ObjectStore, open_objectstore
+from cowfs.objectstore import ObjectStore, Versioned, open_objectstore
 from cowfs.refs import Ref
-from cowfs.store import Store
+from cowfs.repos import (
+    RefRecord,
+    RepoRecord,
+    branch_record_bytes,
+    branch_record_incarnation,
+    parse_ref_record,
+    parse_repo_record,
+)
+from cowfs.store import Store, parse_json
 
 STORE_FORMAT = 1
 _CAS_TRIES = 50
+#: How long a reader trusts the repo incarnation it read (writers re-read it after each swap).
+_INCARNATION_TTL_S = 2.0
 
 
 class Lake:
@@ -47,13 +54,19 @@ class Lake:
         self.store = store
         self.objects: ObjectStore = store.objects
         self.url = store.objects.url
+        #: repo -> (when read, its incarnation or None when there is no live repo).
+        self._incs: dict[str, tuple[float, str | None]] = {}
 
     @classmethod
     def open(
-        cls, url: str | None = None, create: bool = False, cache_bytes: int | None = None
+        cls,
+        url: str | None = None,
+        create: bool = False,
+        cache_bytes: int | None = None,
+        settings: StoreSettings | None = None,
     ) -> Lake:
         url = url or default_store_url()
-        objects = open_objectstore(url, create=create)
+        objects = open_objectstore(url, create=create, settings=settings)
         if create:
             if not objects.exists(MARKER):
                 objects.put(
@@ -61,10 +74,11 @@ class Lake:
                 )
         elif not objects.exists(MARKER):
             raise StoreUnavailable(f"no cowfs store at {objects.url}: run `cowfs init` first")
-        marker = json.loads(objects.get(MARKER))
-        if marker.get("format") != STORE_FORMAT:
+        marker = parse_json(MARKER, objects.get(MARKER))
+        if not isinstance(marker, dict) or marker.get("format") != STORE_FORMAT:
+            found = marker.get("format") if isinstance(marker, dict) else marker
             raise StoreUnavailable(
-                f"store {objects.url} has format {marker.get('format')}, "
+                f"store {objects.url} has format {found}, "
                 f"this cowfs reads {STORE_FORMAT}: upgrade cowfs"
             )
         index = Index(cache_dir_for(objects.url), cache_bytes=cache_bytes)
@@ -81,71 +95,250 @@ class Lake:
 
     # --- repos ---------------------------------------------------------------------------------
 
-    def create_repo(self, name: str, description: str = "") -> dict:
+    def _read_repo(self, name: str) -> tuple[RepoRecord, Versioned] | None:
+        v = self.objects.get_versioned(repo_key(name))
+        return None if v is None else (parse_repo_record(repo_key(name), v.data), v)
+
+    def repo_record(self, name: str) -> RepoRecord:
         check_name(name, "repo name")
-        record = {"name": name, "description": description, "created": time.time()}
-        data = json.dumps(record, sort_keys=True).encode()
-        if not self.objects.swap(repo_key(name), data, None):
-            raise AlreadyExists(f"repo {name} already exists")
-        return record
+        got = self._read_repo(name)
+        if got is None or got[0].deleting:
+            self._incs[name] = (time.monotonic(), None)
+            raise NotFound(f"no repo named {name}: see `cowfs repo list`")
+        self._incs[name] = (time.monotonic(), got[0].incarnation)
+        return got[0]
 
     def repo(self, name: str) -> dict:
-        check_name(name, "repo name")
-        try:
-            return json.loads(self.objects.get(repo_key(name)))
-        except ObjectMissing:
-            raise NotFound(f"no repo named {name}: see `cowfs repo list`") from None
+        return self.repo_record(name).public()
 
-    def list_repos(self) -> list[dict]:
-        return [json.loads(self.objects.get(k)) for k, _ in self.objects.list(layout.REPOS)]
+    def incarnation(self, repo: str, fresh: bool = False) -> str | None:
+        """The live repo's incarnation (None when there is none), re-read at most every
+        `_INCARNATION_TTL_S` unless `fresh`: readers check every ref and commit against it."""
+        hit = self._incs.get(repo)
+        if not fresh and hit is not None and time.monotonic() - hit[0] < _INCARNATION_TTL_S:
+            return hit[1]
+        try:
+            return self.repo_record(repo).incarnation
+        except NotFound:
+            return None
+
+    def create_repo(self, name: str, description: str = "") -> dict:
+        check_name(name, "repo name")
+        record = RepoRecord.new(name, description)
+        if not self.objects.swap(repo_key(name), record.to_bytes(), None):
+            got = self._read_repo(name)
+            if got is not None and got[0].deleting:
+                raise AlreadyExists(
+                    f"repo {name} is still being deleted (was a delete interrupted?): "
+                    f"finish it with `cowfs repo delete {name} --yes`"
+                )
+            raise AlreadyExists(f"repo {name} already exists")
+        self._incs[name] = (time.monotonic(), record.incarnation)
+        return record.public()
+
+    def list_repos(self, damage: list[str] | None = None) -> list[dict]:
+        """Every live repo; an unreadable record is reported into `damage` (when given) and
+        skipped, so one repo's damage never breaks a store-wide command."""
+        out = []
+        for key, _ in self.objects.list(layout.REPOS):
+            try:
+                rec = parse_repo_record(key, self.objects.get(key))
+            except ObjectMissing:
+                continue  # deleted while listing
+            except CorruptObject as e:
+                if damage is None:
+                    raise
+                damage.append(str(e))
+                continue
+            if not rec.deleting:
+                out.append(rec.public())
+        return out
 
     def delete_repo(self, name: str) -> None:
-        """Drop a repo, its branches and its commit records; chunks wait for garbage collection."""
-        self.repo(name)
-        for prefix in (layout.refs_prefix(name), layout.commits_prefix(name)):
+        """Drop a repo: mark its record `deleting` (by compare-and-swap: from here on the repo is
+        gone for readers and writers), remove its refs, branch records, commits and every marker
+        they wrote, purge them from the node's index, then remove the record. Chunks wait for
+        garbage collection. An interrupted delete is finished by running it again."""
+        check_name(name, "repo name")
+        for _ in range(_CAS_TRIES):
+            got = self._read_repo(name)
+            if got is None:
+                raise NotFound(f"no repo named {name}: see `cowfs repo list`")
+            record, current = got
+            if record.deleting:
+                break
+            marked = replace(record, deleting=True)
+            if self.objects.swap(repo_key(name), marked.to_bytes(), current.token):
+                break
+        else:
+            raise Conflict(f"repo {name} kept changing while being deleted: retry")
+        self._incs[name] = (time.monotonic(), None)
+        for prefix in layout.repo_owned_prefixes(name):
             for key, _ in self.objects.list(prefix):
+                if prefix == layout.commits_prefix(name):
+                    for marker in self._markers_of(key):
+                        self.objects.delete(marker)
                 self.objects.delete(key)
+            self.store.index.forget_prefix(prefix)
         self.objects.delete(repo_key(name))
+
+    def _markers_of(self, key: str) -> list[str]:
+        """The markers a commit record names, read leniently: a damaged record loses only its
+        markers (which readers skip once dangling)."""
+        try:
+            d = json.loads(self.objects.get(key))
+            inputs = [(p["repo"], p["commit"]) for p in d.get("provenance", ())]
+            return layout.commit_marker_keys(
+                d["repo"], d["id"], d.get("global_id") or d["id"], inputs
+            )
+        except (ObjectMissing, ValueError, KeyError, TypeError, AttributeError):
+            return []
 
     # --- branches ------------------------------------------------------------------------------
 
+    def _ref(self, repo: str, branch: str, inc: str | None) -> tuple[Versioned | None, str | None]:
+        """The ref object (for its swap token) and the head it names in incarnation `inc`;
+        a ref left from another incarnation names nothing."""
+        key = ref_key(repo, branch)
+        v = self.objects.get_versioned(key)
+        if v is None:
+            return None, None
+        ref = parse_ref_record(key, v.data)
+        return v, (ref.commit if ref.incarnation == inc else None)
+
     def branches(self, repo: str) -> list[tuple[str, str]]:
-        self.repo(repo)
+        inc = self.repo_record(repo).incarnation
         out = []
         for key, _ in self.objects.list(layout.refs_prefix(repo)):
-            out.append((layout.last_part(key), json.loads(self.objects.get(key))["commit"]))
+            v = self.objects.get_versioned(key)
+            if v is None:
+                continue
+            ref = parse_ref_record(key, v.data)
+            if ref.incarnation == inc:
+                out.append((layout.last_part(key), ref.commit))
         return out
 
     def head_id(self, repo: str, branch: str) -> str | None:
-        v = self.objects.get_versioned(ref_key(repo, branch))
-        return json.loads(v.data)["commit"] if v else None
+        return self._ref(repo, branch, self.incarnation(repo))[1]
 
     def head(self, repo: str, branch: str) -> Commit | None:
         cid = self.head_id(repo, branch)
         return self.get_commit(repo, cid) if cid else None
 
+    def lost_branch(self, repo: str, branch: str) -> str | None:
+        """A message when `repo@branch` has no ref although it had a head (store damage:
+        the ref was deleted behind cowfs' back), else None."""
+        inc = self.incarnation(repo)
+        try:
+            data = self.objects.get(layout.branch_record_key(repo, branch))
+        except ObjectMissing:
+            return None
+        if inc is None or branch_record_incarnation(data) != inc:
+            return None
+        if self.head_id(repo, branch) is not None:
+            return None
+        newest = self._newest_commit_of(repo, branch)
+        restore = (
+            f"restore it with `cowfs branch create {repo}@{branch} --from {repo}@{newest}`, or "
+            if newest
+            else ""
+        )
+        return (
+            f"branch {repo}@{branch} had commits but its ref {ref_key(repo, branch)} is missing "
+            f"(store damage): {restore}forget it with `cowfs branch delete {repo}@{branch}`"
+        )
+
+    def _newest_commit_of(self, repo: str, branch: str) -> str | None:
+        best: tuple[float, str] | None = None
+        for key, _ in self.objects.list(layout.commits_prefix(repo)):
+            try:
+                c = self.get_commit(repo, layout.last_part(key))
+            except CowfsError:
+                continue
+            if (
+                c.branch == branch
+                and c.state == "finished"
+                and (best is None or c.created > best[0])
+            ):
+                best = (c.created, c.id)
+        return best[1] if best else None
+
+    def _refuse_lost(self, repo: str, branch: str) -> None:
+        msg = self.lost_branch(repo, branch)
+        if msg:
+            raise Damaged(msg)
+
     def create_branch(self, repo: str, branch: str, start: Commit | None) -> None:
-        self.repo(repo)
+        """A new branch at `start` (also how a branch whose ref was lost is restored)."""
+        inc = self.repo_record(repo).incarnation
         check_name(branch, "branch name")
         if start is None:
             raise UsageError(
                 f"cannot create branch {repo}@{branch}: give --from a commit or branch"
             )
-        if not self.objects.swap(ref_key(repo, branch), _ref_bytes(start.id), None):
+        # history hook: a name is a branch or a tag; the collector's guard before the swap.
+        tags.refuse_branch_named_like_tag(self.objects, repo, branch)
+        current, head = self._ref(repo, branch, inc)
+        if head is not None:
             raise AlreadyExists(f"branch {repo}@{branch} already exists")
+        gcguard.guard_commit(self, start, None)
+        ref = RefRecord(start.id, inc).to_bytes()
+        if not self.objects.swap(ref_key(repo, branch), ref, current.token if current else None):
+            raise AlreadyExists(f"branch {repo}@{branch} already exists")
+        self._after_swap(repo, branch, inc, ref, created=True)
 
     def delete_branch(self, repo: str, branch: str) -> None:
-        if self.head_id(repo, branch) is None:
+        if self.head_id(repo, branch) is None and self.lost_branch(repo, branch) is None:
             raise NotFound(f"no branch {repo}@{branch}")
         self.objects.delete(ref_key(repo, branch))
+        self.objects.delete(layout.branch_record_key(repo, branch))
+
+    def _after_swap(
+        self,
+        repo: str,
+        branch: str,
+        inc: str,
+        ref: bytes,
+        created: bool,
+        undo: Commit | None = None,
+    ) -> None:
+        """Confirm a branch swap against a delete racing it (no lock server: the repo record is
+        re-read after the swap). If the repo was deleted meanwhile, undo the swap and the commit
+        and fail: a delete wins or loses cleanly. A new branch gets its branch record."""
+        if self.incarnation(repo, fresh=True) != inc:
+            key = ref_key(repo, branch)
+            now = self.objects.get_versioned(key)
+            if now is not None and now.data == ref:
+                self.objects.delete(key)
+            if undo is not None:
+                self._unwrite_commit(undo)
+            raise NotFound(
+                f"repo {repo} was deleted while this change was being made: nothing was committed"
+            )
+        if created:
+            self.objects.put(layout.branch_record_key(repo, branch), branch_record_bytes(inc))
 
     # --- commits -------------------------------------------------------------------------------
 
     def get_commit(self, repo: str, cid: str) -> Commit:
+        key = commit_key(repo, cid)
         try:
-            return Commit.from_record(self.store.get_record(commit_key(repo, cid), cache=True))
+            commit = self.store.get_record(
+                key, cache=True, check=lambda r: parse_record(key, r, repo, cid)
+            )
         except ObjectMissing:
             raise NotFound(f"no commit {cid} in repo {repo}") from None
+        if commit.incarnation != self.incarnation(repo):
+            raise NotFound(f"no commit {cid} in repo {repo}")
+        return commit
+
+    def live_commit(self, repo: str, cid: str) -> Commit | None:
+        """The commit a marker names, or None when the marker dangles (its repo or commit was
+        deleted): readers of markers skip those."""
+        try:
+            return self.get_commit(repo, cid)
+        except NotFound:
+            return None
 
     def find_commit(self, repo: str, prefix: str) -> Commit | None:
         """A commit by full id or by a unique prefix of at least 6 characters."""
@@ -153,23 +346,29 @@ class Lake:
             return self.get_commit(repo, prefix)
         except NotFound:
             pass
+        tag = tags.get_tag(self.objects, repo, prefix)  # history hook: tags resolve as ids do
+        if tag is not None:
+            return self.get_commit(repo, tag.commit)
         if len(prefix) < 6 or not all(c in "0123456789abcdef" for c in prefix):
             return None
         matches = [
-            layout.last_part(k) for k, _ in self.objects.list(layout.commits_prefix(repo, prefix))
+            c
+            for k, _ in self.objects.list(layout.commits_prefix(repo, prefix))
+            if (c := self.live_commit(repo, layout.last_part(k))) is not None
         ]
         if len(matches) > 1:
             raise UsageError(f"commit prefix {prefix} is ambiguous in {repo}: give more characters")
-        return self.get_commit(repo, matches[0]) if matches else None
+        return matches[0] if matches else None
 
     def resolve(self, ref: Ref) -> Commit:
         self.repo(ref.repo)
         commit = self.head(ref.repo, ref.rev)
-        if commit is None:
+        if commit is None:  # find_commit also resolves tags (history hook)
             commit = self.find_commit(ref.repo, ref.rev)
         if commit is None:
+            self._refuse_lost(ref.repo, ref.rev)
             raise NotFound(
-                f"{ref.repo}@{ref.rev} is neither a branch nor a commit: "
+                f"{ref.repo}@{ref.rev} is neither a branch nor a commit (nor a tag): "
                 f"see `cowfs branch list {ref.repo}`"
             )
         for _ in range(ref.back):
@@ -198,19 +397,31 @@ class Lake:
         error: str | None = None,
         allow_empty: bool = False,
         extra: dict[str, Any] | None = None,
+        extra_parents: tuple[str, ...] = (),
+        expected_head: str | None = None,
     ) -> Commit:
         """Land `changes` on `repo@branch` as one new commit, whoever else is writing.
 
         Returns the head unchanged when the change changes nothing (unless `allow_empty`).
-        A commit in state "failed" is recorded but the branch does not move to it.
+        A commit in state "failed" is recorded but the branch does not move to it. Refuses to
+        start a new history on a branch that lost its ref, and to publish a commit that
+        references a chunk this node found damaged or missing.
+        `extra_parents` follow the head as parents (a merge); with `expected_head`, a head
+        that moved raises `Conflict` instead of re-applying (a merge or revert recomputes).
         """
-        self.repo(repo)
+        inc = self.repo_record(repo).incarnation
         check_name(branch, "branch name")
         for _ in range(_CAS_TRIES):
-            current = self.objects.get_versioned(ref_key(repo, branch))
-            head = self.get_commit(repo, json.loads(current.data)["commit"]) if current else None
+            current, head_id = self._ref(repo, branch, inc)
+            head = self.get_commit(repo, head_id) if head_id else None
+            if expected_head is not None and (head.id if head else None) != expected_head:
+                raise Conflict(f"{repo}@{branch} moved while this change was computed: retry")
+            if head is None:
+                self._refuse_lost(repo, branch)
+                tags.refuse_branch_named_like_tag(self.objects, repo, branch)  # history hook
             base = head.tree if head else tree.empty_tree(self.store)
             edits = resolve(self.store, base, changes)
+            self.store.refuse_doubted(e for e in edits.values() if e is not None)
             new_tree = tree.apply(self.store, base, edits)
             if head is not None and new_tree == head.tree and not allow_empty:
                 return head
@@ -221,7 +432,7 @@ class Lake:
                 id=cid,
                 repo=repo,
                 tree=new_tree,
-                parents=(head.id,) if head else (),
+                parents=((head.id,) if head else ()) + extra_parents,
                 branch=branch,
                 global_id=global_id or cid,
                 origin=origin,
@@ -234,57 +445,81 @@ class Lake:
                 files=files,
                 bytes=size,
                 extra=extra or {},
+                incarnation=inc,
             )
             self._write_commit(commit)
             if state != "finished":
                 return commit
-            if self.objects.swap(
-                ref_key(repo, branch), _ref_bytes(cid), current.token if current else None
-            ):
+            try:  # history hook: the collector's guard, right before the swap
+                gcguard.before_swap(
+                    self,
+                    repo,
+                    new_tree,
+                    head.tree if head else None,
+                    [commit_key(repo, cid)] + [commit_key(repo, p) for p in extra_parents],
+                )
+            except Conflict:
+                self._unwrite_commit(commit)
+                raise
+            ref = RefRecord(cid, inc).to_bytes()
+            if self.objects.swap(ref_key(repo, branch), ref, current.token if current else None):
+                self._after_swap(repo, branch, inc, ref, created=head is None, undo=commit)
                 return commit
             self._unwrite_commit(commit)
         raise Conflict(
             f"{repo}@{branch} kept moving under this commit after {_CAS_TRIES} tries: retry"
         )
 
+    def _marker_keys(self, c: Commit) -> list[str]:
+        return layout.commit_marker_keys(
+            c.repo, c.id, c.global_id, [(p.repo, p.commit) for p in c.provenance]
+        )
+
     def _write_commit(self, c: Commit) -> None:
         self.store.put_record(commit_key(c.repo, c.id), c.to_record())
-        self.objects.put(global_key(c.global_id, c.repo, c.id), b"")
-        for p in c.provenance:
-            self.objects.put(downstream_key(p.repo, p.commit, c.repo, c.id), b"")
+        for key in self._marker_keys(c):
+            self.objects.put(key, b"")
 
     def _unwrite_commit(self, c: Commit) -> None:
-        for p in c.provenance:
-            self.objects.delete(downstream_key(p.repo, p.commit, c.repo, c.id))
-        self.objects.delete(global_key(c.global_id, c.repo, c.id))
+        for key in self._marker_keys(c):
+            self.objects.delete(key)
         self.objects.delete(commit_key(c.repo, c.id))
+        self.store.index.forget_blob(commit_key(c.repo, c.id))
 
     def set_branch(
         self, repo: str, branch: str, commit: Commit, expected: str | None = None
     ) -> None:
         """Point a branch at an existing commit (used by pipelines to publish a finished job)."""
-        current = self.objects.get_versioned(ref_key(repo, branch))
-        if expected is not None:
-            head = json.loads(current.data)["commit"] if current else None
-            if head != expected:
-                raise Conflict(f"{repo}@{branch} moved to {head} while expected {expected}")
-        if not self.objects.swap(
-            ref_key(repo, branch), _ref_bytes(commit.id), current.token if current else None
-        ):
+        inc = self.repo_record(repo).incarnation
+        if commit.incarnation != inc:
+            raise NotFound(f"no commit {commit.id} in repo {repo}")
+        current, head = self._ref(repo, branch, inc)
+        if expected is not None and head != expected:
+            raise Conflict(f"{repo}@{branch} moved to {head} while expected {expected}")
+        old = self.get_commit(repo, head) if head else None
+        gcguard.guard_commit(self, commit, old.tree if old else None)  # history hook
+        ref = RefRecord(commit.id, inc).to_bytes()
+        if not self.objects.swap(ref_key(repo, branch), ref, current.token if current else None):
             raise Conflict(f"{repo}@{branch} moved while it was being set: retry")
+        self._after_swap(repo, branch, inc, ref, created=head is None)
 
     def inspect(self, global_id: str) -> list[Commit]:
+        """Every live commit carrying `global_id` (markers of deleted commits are skipped)."""
         out = []
         for key, _ in self.objects.list(layout.globals_prefix(global_id)):
             _, (repo, cid) = layout.parse_global_key(key)
-            out.append(self.get_commit(repo, cid))
+            c = self.live_commit(repo, cid)
+            if c is not None:
+                out.append(c)
         return out
 
     def downstream(self, repo: str, cid: str) -> list[Commit]:
         out = []
         for key, _ in self.objects.list(layout.downstream_prefix(repo, cid)):
             _, (out_repo, out_cid) = layout.parse_downstream_key(key)
-            out.append(self.get_commit(out_repo, out_cid))
+            c = self.live_commit(out_repo, out_cid)
+            if c is not None:
+                out.append(c)
         return out
 
     # --- reading trees -------------------------------------------------------------------------
@@ -310,40 +545,8 @@ class Lake:
 
     def stats(self) -> dict[str, Any]:
         """Logical bytes (every commit counted whole) against the bytes the store really holds."""
-        chunks = stored_chunks = trees = stored_trees = 0
-        for _, size in self.objects.list(layout.CHUNKS):
-            chunks += 1
-            stored_chunks += size
-        for _, size in self.objects.list(layout.TREES):
-            trees += 1
-            stored_trees += size
-        commits = logical = head_bytes = head_files = 0
-        repos = self.list_repos()
-        for r in repos:
-            for key, _ in self.objects.list(layout.commits_prefix(r["name"])):
-                c = self.get_commit(r["name"], layout.last_part(key))
-                commits += 1
-                logical += c.bytes
-            for _, cid in self.branches(r["name"]):
-                c = self.get_commit(r["name"], cid)
-                head_bytes += c.bytes
-                head_files += c.files
-        stored = stored_chunks + stored_trees
-        return {
-            "store": self.url,
-            "repos": len(repos),
-            "commits": commits,
-            "chunks": chunks,
-            "tree_nodes": trees,
-            "logical_bytes": logical,
-            "head_bytes": head_bytes,
-            "head_files": head_files,
-            "stored_bytes": stored,
-            "stored_chunk_bytes": stored_chunks,
-            "stored_tree_bytes": stored_trees,
-            "dedup_ratio": round(logical / stored, 3) if stored else None,
-        }
+        return accounting.stats(self)
 
-
-def _ref_bytes(cid: str) -> bytes:
-    return json.dumps({"commit": cid}).encode()
+    def repo_damage(self, repo: str) -> list[str]:
+        """What is wrong with one repo's branches, one line each (empty when nothing is)."""
+        return accounting.repo_damage(self, repo)

@@ -12,6 +12,7 @@ reader use these functions; the question "what does repo R own" is answered once
 | `trees/<id[:2]>/<id>` | a framed tree node |
 | `repos/<repo>` | repo record |
 | `refs/<repo>/<branch>` | branch head (compare-and-swap) |
+| `branches/<repo>/<branch>` | record that the branch was created (so a lost ref is damage) |
 | `tags/<repo>/<tag>` | tag: an immutable name for a commit (create-only) |
 | `commits/<repo>/<commit>` | commit record |
 | `globals/<global id>/<repo>/<commit>` | marker: this commit carries this global ID |
@@ -22,11 +23,15 @@ reader use these functions; the question "what does repo R own" is answered once
 | `datum-lists/<pipeline>/<job>` | every datum of a job |
 | `datums/<pipeline>/<hash>` | a processed datum |
 | `logs/<pipeline>/<job>/<hash>` | a datum's stdout and stderr |
-| `gc/…` | the collector's state (see docs/architecture.md) |
+| `gc/runs/<run>` | a collector run: its candidates and its sweep set |
+| `gc/swept/<run>` | a finished sweep: what it deleted |
+| `gc/rescues/<run>/<writer>` | candidates of that run a writer's commit references |
+| `gc/holds/<holder>` | a commit kept alive from outside the refs (a staging area's base) |
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 MARKER = "cowfs.json"
@@ -35,6 +40,7 @@ CHUNKS = "chunks/"
 TREES = "trees/"
 REPOS = "repos/"
 REFS = "refs/"
+BRANCHES = "branches/"
 TAGS = "tags/"
 COMMITS = "commits/"
 GLOBALS = "globals/"
@@ -81,6 +87,14 @@ def ref_key(repo: str, branch: str) -> str:
 
 def refs_prefix(repo: str) -> str:
     return f"{REFS}{repo}/"
+
+
+def branch_record_key(repo: str, branch: str) -> str:
+    return f"{BRANCHES}{repo}/{branch}"
+
+
+def branch_records_prefix(repo: str) -> str:
+    return f"{BRANCHES}{repo}/"
 
 
 def tag_key(repo: str, tag: str) -> str:
@@ -140,13 +154,31 @@ def parse_downstream_key(key: str) -> tuple[CommitAt, CommitAt]:
     return CommitAt(src_repo, src_commit), CommitAt(repo, cid)
 
 
+def commit_marker_keys(
+    repo: str, cid: str, global_id: str, inputs: Iterable[tuple[str, str]]
+) -> list[str]:
+    """The markers a commit writes outside its repo's prefixes: its global ID's, and the
+    reversed provenance marker under each input `(repo, commit)`. Written with the commit,
+    deleted with it (a repo delete reads its commit records to find them)."""
+    keys = [global_key(global_id or cid, repo, cid)]
+    keys.extend(downstream_key(r, c, repo, cid) for r, c in inputs)
+    return keys
+
+
 def repo_owned_prefixes(repo: str) -> list[str]:
-    """Every prefix whose keys belong to `repo` alone (deleted with it).
+    """Every prefix whose keys belong to `repo` alone (deleted with it), refs first so that a
+    half-done delete leaves no branch pointing at a deleted commit.
 
     Markers that name the repo from elsewhere (`globals/<gid>/<repo>/…` and the output side of
-    `downstream/…`) are not under one prefix; `repo_marker_keys` finds those from its commits.
+    `downstream/…`) are not under one prefix; `commit_marker_keys` finds those from its commits.
     """
-    return [refs_prefix(repo), tags_prefix(repo), downstream_prefix(repo), commits_prefix(repo)]
+    return [
+        refs_prefix(repo),
+        tags_prefix(repo),
+        branch_records_prefix(repo),
+        downstream_prefix(repo),
+        commits_prefix(repo),
+    ]
 
 
 # --- pipelines -------------------------------------------------------------------------------
@@ -202,3 +234,52 @@ def pipeline_owned_prefixes(name: str) -> list[str]:
 
 def pipeline_owned_keys(name: str) -> list[str]:
     return [pipeline_key(name), pipeline_state_key(name)]
+
+
+# --- garbage collection (docs/architecture.md, "Garbage collection") ---------------------------
+
+GC_RUNS = f"{GC}runs/"
+GC_SWEPT = f"{GC}swept/"
+GC_RESCUES = f"{GC}rescues/"
+GC_HOLDS = f"{GC}holds/"
+
+
+def gc_run_key(run: int) -> str:
+    """A collector run's published candidates and sweep set (create-only, immutable)."""
+    return f"{GC_RUNS}{run:012d}"
+
+
+def gc_swept_key(run: int) -> str:
+    """Written once a run's sweep has finished: what it deleted."""
+    return f"{GC_SWEPT}{run:012d}"
+
+
+def gc_run_of_key(key: str) -> int:
+    return int(key.rpartition("/")[2])
+
+
+def gc_rescue_key(run: int, writer: str) -> str:
+    """A writer's list of the candidates of `run` that its commit references."""
+    return f"{GC_RESCUES}{run:012d}/{writer}"
+
+
+def gc_rescues_prefix(run: int | None = None) -> str:
+    return GC_RESCUES if run is None else f"{GC_RESCUES}{run:012d}/"
+
+
+def gc_hold_key(holder: str) -> str:
+    """A commit kept alive by something outside the store's refs (an open staging area)."""
+    return f"{GC_HOLDS}{holder}"
+
+
+def parse_commit_key(key: str) -> CommitAt:
+    _, repo, cid = key.split("/")
+    return CommitAt(repo, cid)
+
+
+def object_kind_of_key(key: str) -> str:
+    """ "chunk", "tree", "commit" or "" for a key the collector does not collect."""
+    for prefix, kind in ((CHUNKS, "chunk"), (TREES, "tree"), (COMMITS, "commit")):
+        if key.startswith(prefix):
+            return kind
+    return ""

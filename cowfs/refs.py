@@ -45,3 +45,15 @@ def parse_ref(text: str, allow_path: bool = True) -> Ref:
     rev = rev or DEFAULT_BRANCH
     check_name(rev, "branch or commit")
     return Ref(repo, rev, back, normalize_path(path) if colon else "", bool(colon))
+
+
+def parse_branch_ref(text: str, allow_path: bool = True, what: str = "write to") -> Ref:
+    """A ref that names a branch to change or create, never an ancestor: `repo@dev~1` or
+    `repo@HEAD^` would otherwise write to (or create) a branch named `dev` or `HEAD`."""
+    ref = parse_ref(text, allow_path=allow_path)
+    if ref.back or text.partition(":")[0].endswith(("^", "~")):
+        raise UsageError(
+            f"cannot {what} {text!r}: '^' and '~' name an ancestor commit, which is immutable; "
+            "name a branch (branch names use letters, digits, '-', '_' and '.')"
+        )
+    return ref

@@ -22,8 +22,8 @@ import msgpack
 from cowfs.changes import ChangeSet
 from cowfs.chunking import SMALL_FILE, Chunker, FileData, Pending
 from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
-from cowfs.errors import NotFound, UsageError
-from cowfs.names import normalize_path
+from cowfs.errors import NameTooLong, NotFound, UsageError
+from cowfs.names import check_component, check_path_limits, normalize_path
 from cowfs.store import Store
 from cowfs.tree import TreeView
 
@@ -48,14 +48,27 @@ class SnapshotReport:
     skipped_special: int = 0
 
 
+def _warn(msg: str) -> None:
+    print(f"cowfs: {msg}", file=sys.stderr)
+
+
+def _special(st: os.stat_result) -> bool:
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode))
+
+
 def scan(root: Path) -> list[Found]:
     """Every directory, regular file and symlink under `root`, sorted, names checked first so
-    that a bad name fails the put before anything is uploaded."""
+    that a bad or over-long name fails the put before anything is uploaded. FIFOs, sockets
+    and devices are skipped with a warning (reading one could block or never end); entries
+    that vanish while the scan runs are skipped as if they had not been there."""
     out: list[Found] = []
 
     def visit(dir_abs: str, dir_rel: str) -> None:
         try:
             items = sorted(os.scandir(dir_abs), key=lambda d: d.name)
+        except FileNotFoundError:
+            _warn(f"skipping {dir_abs}: it vanished during the put")
+            return
         except PermissionError as e:
             raise UsageError(f"cannot read directory {dir_abs}: {e.strerror}") from None
         for d in items:
@@ -65,8 +78,16 @@ def scan(root: Path) -> list[Found]:
             except UnicodeEncodeError:
                 shown = os.fsencode(d.path).decode("utf-8", "backslashreplace")
                 raise UsageError(f"cannot put {shown}: its name is not valid UTF-8") from None
+            try:
+                check_component(name)
+            except NameTooLong as e:
+                raise NameTooLong(f"cannot put {d.path}: {e}") from None
             rel = f"{dir_rel}/{name}" if dir_rel else name
-            st = d.stat(follow_symlinks=False)
+            try:
+                st = d.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                _warn(f"skipping {d.path}: it vanished during the put")
+                continue
             if stat.S_ISLNK(st.st_mode):
                 out.append(Found(rel, d.path, st, EntryType.SYMLINK))
             elif stat.S_ISDIR(st.st_mode):
@@ -75,17 +96,27 @@ def scan(root: Path) -> list[Found]:
             elif stat.S_ISREG(st.st_mode):
                 out.append(Found(rel, d.path, st, EntryType.FILE))
             else:
-                print(
-                    f"cowfs: skipping {d.path}: not a file, directory or symlink", file=sys.stderr
-                )
+                _warn(f"skipping {d.path}: not a file, directory or symlink")
 
     visit(str(root), "")
     return out
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _read_small(f: Found) -> bytes | None:
+    """A small file's bytes, or None when it vanished. Reads at most `SMALL_FILE` bytes, so a
+    file growing without end cannot fill memory; one that outgrew the small-file size since
+    the scan fails the put (nothing is committed) rather than being cut short."""
+    try:
+        with open(f.abspath, "rb") as fh:
+            data = fh.read(SMALL_FILE + 1)
+    except FileNotFoundError:
+        _warn(f"skipping {f.abspath}: it vanished during the put")
+        return None
+    except PermissionError as e:
+        raise UsageError(f"cannot read {f.abspath}: {e.strerror}") from None
+    if len(data) > SMALL_FILE:
+        raise UsageError(f"{f.abspath} grew while it was being put: put again")
+    return data
 
 
 def _stat_key(st: os.stat_result) -> list[int]:
@@ -107,8 +138,15 @@ def snapshot(
     `base` is what the branch holds now; with `mirror`, entries under `dest`
     that the directory no longer has are deleted. Returns once every chunk is stored.
     """
-    if not source.exists() and not source.is_symlink():
-        raise NotFound(f"{source} does not exist")
+    try:
+        top_st = source.lstat()
+    except FileNotFoundError:
+        raise NotFound(f"{source} does not exist") from None
+    if _special(top_st):
+        raise UsageError(
+            f"cannot put {source}: not a regular file, directory or symlink "
+            "(FIFOs, sockets and devices are refused)"
+        )
     report = SnapshotReport()
     changes = ChangeSet()
 
@@ -135,6 +173,7 @@ def snapshot(
     to_read: list[tuple[Found, str]] = []
     for f, raw in zip(found, cached):
         path = target(f.rel)
+        check_path_limits(path)
         if f.kind is EntryType.DIR:
             changes.puts[path] = dir_entry(path, f.st.st_mode, f.st.st_mtime_ns)
             report.dirs += 1
@@ -148,8 +187,8 @@ def snapshot(
             report.bytes += f.st.st_size
             if raw is not None:
                 key, digest, chunks = msgpack.unpackb(raw)
-                if key == _stat_key(f.st):
-                    refs = tuple(ChunkRef(c.hex(), o, n) for c, o, n in chunks)
+                refs = tuple(ChunkRef(c.hex(), o, n) for c, o, n in chunks)
+                if key == _stat_key(f.st) and not store.any_doubted(refs):
                     changes.puts[path] = Entry(
                         path,
                         EntryType.FILE,
@@ -174,9 +213,16 @@ def snapshot(
             # A small file whose bytes equal what the branch has at that path keeps its old
             # chunk slices, so re-putting without a stat cache never re-packs unchanged files.
             for f, p in small:
-                data = _read(f.abspath)
+                data = _read_small(f)
+                if data is None:
+                    continue
                 old = base.lookup(p)
-                if old is not None and old.is_file and old.size == len(data):
+                if (
+                    old is not None
+                    and old.is_file
+                    and old.size == len(data)
+                    and not store.any_doubted(old.chunks)
+                ):
                     digest = blake3.blake3(data).digest()
                     if digest == old.digest:
                         results.append((f, p, FileData(old.size, digest, old.chunks)))
@@ -189,7 +235,12 @@ def snapshot(
         pendings = chunker.add_small_files(small_contents())
         results.extend((f, p, pend) for (f, p), pend in zip(packed, pendings, strict=True))
         for f, p in large:
-            results.append((f, p, chunker.add_file(f.abspath)))
+            try:
+                results.append((f, p, chunker.add_file(f.abspath)))
+            except FileNotFoundError:
+                _warn(f"skipping {f.abspath}: it vanished during the put")
+            except PermissionError as e:
+                raise UsageError(f"cannot read {f.abspath}: {e.strerror}") from None
         chunker.wait()
         datas = [(f, p, d if isinstance(d, FileData) else d.result()) for f, p, d in results]
 
@@ -214,11 +265,7 @@ def snapshot(
     store.index.put_stats(stat_rows)
 
     if mirror and source.is_dir():
-        here = base.lookup(dest) if dest else None
-        if dest == "" or (here is not None and here.is_dir):
-            changes.deletes.extend(
-                e.path for e in base.walk(dest) if e.path != dest and e.path not in changes.puts
-            )
+        changes.mirror.append(dest)
     return changes, report
 
 

@@ -10,15 +10,28 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from cowfs.errors import ObjectMissing
+from cowfs import layout
+from cowfs.entries import ChunkRef, Entry
+from cowfs.errors import CorruptObject, ObjectMissing
 from cowfs.index import Index
 from cowfs.objects import Kind, decode, encode, object_id, object_key
 from cowfs.objectstore import ObjectStore
 from cowfs.tree import Node, decode_node, encode_node
 
 _NODE_LRU = 4096
+T = TypeVar("T")
+
+
+def parse_json(key: str, data: bytes) -> Any:
+    """A JSON record's value, or one clear `CorruptObject` line naming its key."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptObject(f"record {key} is corrupt: not valid JSON ({e})") from None
 
 
 @dataclass
@@ -69,15 +82,53 @@ class Store:
 
     def _put_object(self, kind: Kind, oid: str, plain: bytes | memoryview) -> bool:
         key = object_key(kind, oid)
-        if self.index.is_present(key) or self.objects.exists(key):
+        doubted = self.index.is_doubted(key)
+        if not doubted and (self.index.is_present(key) or self._sound(kind, oid, key)):
             self.index.mark_present([key])
             self.put_stats.add(kind, False, len(plain), 0)
             return False
         framed = encode(kind, plain)
         self.objects.put(key, framed)
         self.index.mark_present([key])
+        if doubted:
+            self.index.clear_doubt(key)
         self.put_stats.add(kind, True, len(plain), len(framed))
         return True
+
+    def _sound(self, kind: Kind, oid: str, key: str) -> bool:
+        """Whether the store holds a good copy of an object this node has no record of.
+
+        On a local store the copy is read and verified (a disk read, cheaper than trusting a
+        damaged chunk forever); on S3 its existence is taken as enough, and a damaged copy
+        is found by the first read, which then marks it doubted.
+        """
+        if not self.objects.is_local:
+            return self.objects.exists(key)
+        try:
+            decode(oid, self.objects.get(key), kind)
+        except (ObjectMissing, CorruptObject):
+            return False
+        return True
+
+    def any_doubted(self, refs: Iterable[ChunkRef]) -> bool:
+        """Whether any chunk of `refs` was found damaged or missing by this node."""
+        return bool(self.index.doubted([object_key(Kind.CHUNK, r.id) for r in refs]))
+
+    def refuse_doubted(self, entries: Iterable[Entry]) -> None:
+        """Refuse to publish entries that reference an object this node found damaged or
+        missing and has not uploaded again since (issue 8, item 9)."""
+        keys: dict[str, str] = {}
+        for e in entries:
+            for c in e.chunks:
+                keys.setdefault(object_key(Kind.CHUNK, c.id), e.path)
+        bad = self.index.doubted(list(keys))
+        if bad:
+            key = min(bad)
+            raise CorruptObject(
+                f"not committing: chunk {layout.oid_of(key)} of /{keys[key]} was found damaged "
+                "or missing in the store and has not been uploaded again; put the file's data "
+                "again (a put re-uploads it)"
+            )
 
     def _get_object(self, kind: Kind, oid: str, cache: bool) -> bytes:
         key = object_key(kind, oid)
@@ -88,11 +139,16 @@ class Store:
         try:
             framed = self.objects.get(key)
         except ObjectMissing:
+            self.index.doubt(key)
             what = "chunk" if kind is Kind.CHUNK else "tree node"
             raise ObjectMissing(
                 f"{what} {oid} is missing from the store {self.objects.url}"
             ) from None
-        plain = decode(oid, framed, kind)
+        try:
+            plain = decode(oid, framed, kind)
+        except CorruptObject:
+            self.index.doubt(key)
+            raise
         if cache:
             self.index.put_blob(key, plain)
         return plain
@@ -125,16 +181,28 @@ class Store:
 
     # --- JSON records ------------------------------------------------------------------------
 
-    def get_record(self, key: str, cache: bool = False) -> dict:
-        """A JSON record; `cache=True` only for records that never change (commits)."""
+    def get_record(
+        self, key: str, cache: bool = False, check: Callable[[Any], T] | None = None
+    ) -> T:
+        """A JSON record, parsed and passed through `check` (which raises `CorruptObject`).
+
+        `cache=True` only for records that never change (commits). A record is cached only once
+        it parsed and passed its check, and a cached copy that fails them is dropped and read
+        again from the store: damage is reported, never remembered.
+        """
+        check = check or (lambda r: r)
         if cache:
             hit = self.index.get_blob(key)
             if hit is not None:
-                return json.loads(hit)
+                try:
+                    return check(parse_json(key, hit))
+                except CorruptObject:
+                    self.index.forget_blob(key)
         data = self.objects.get(key)
+        record = check(parse_json(key, data))
         if cache:
             self.index.put_blob(key, data)
-        return json.loads(data)
+        return record
 
     def put_record(self, key: str, record: dict) -> None:
         self.objects.put(key, json.dumps(record, sort_keys=True, indent=1).encode())

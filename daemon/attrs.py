@@ -20,6 +20,10 @@ LISTING = 1.0
 BRANCH = 0.25
 #: Inside a branch open for writing, where the staged files change under the kernel.
 WRITABLE = 1.0
+#: Directories do not count their subdirectories (a listing per stat would cost a walk of the
+#: level below on every readdir); 1 is what btrfs shows too, and find and fts read it as
+#: "unknown" rather than as "no subdirectories", which the former 2 claimed.
+DIR_NLINK = 1
 
 
 @dataclass
@@ -37,7 +41,7 @@ def dir_attr(ino: int, owner: Owner, timeout: float, mode: int = 0o755) -> pyfus
     a = pyfuse3.EntryAttributes()
     a.st_ino = ino
     a.st_mode = stat.S_IFDIR | mode
-    a.st_nlink = 2
+    a.st_nlink = DIR_NLINK
     a.st_uid, a.st_gid = owner.uid, owner.gid
     a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = owner.since_ns
     a.st_blksize = BLKSIZE
@@ -52,7 +56,7 @@ def entry_attr(
     a.st_ino = ino
     if e.type is EntryType.DIR:
         a.st_mode = stat.S_IFDIR | (e.mode & 0o7777) | 0o500
-        a.st_nlink = 2
+        a.st_nlink = DIR_NLINK
         a.st_size = 0
     elif e.type is EntryType.SYMLINK:
         a.st_mode = stat.S_IFLNK | 0o777

@@ -15,6 +15,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from cowfs.commits import Commit
 from cowfs.entries import Entry
 from cowfs.errors import CowfsError, NotFound, UsageError
 from cowfs.lake import Lake
-from cowfs.names import check_name
+from cowfs.names import MAX_NAME_BYTES, check_component, check_name, check_path_limits
 from cowfs.staging import ORPHAN, Staging, StagingError, list_areas
 from cowfs.staging_commit import open_write, seal
 from daemon import attrs
@@ -97,7 +98,9 @@ def _err(code: int) -> pyfuse3.FUSEError:
 
 
 def _name(raw: bytes) -> str:
-    """A name the tree can hold; anything else cannot exist here."""
+    """A name the tree can hold; anything else cannot exist here (one over the lake's limit
+    is ENAMETOOLONG, as on any Linux filesystem)."""
+    check_component(raw)
     try:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -569,8 +572,12 @@ class CowFS(pyfuse3.Operations):
 
     @_op("listxattr")
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        node = self._node(inode)
-        return list(self._XATTRS) if node.kind == "view" else []
+        """Never listed, only answered when asked by name: listed, they would be copied by
+        `cp -a`, `rsync -X` and `tar --xattrs` as if they were the file's own (stale commit ids
+        on local copies), and `rsync -X` into a view (its root included) would fail removing
+        them from the destination."""
+        self._node(inode)
+        return []
 
     @_op("setxattr")
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
@@ -591,7 +598,7 @@ class CowFS(pyfuse3.Operations):
         s.f_bsize = s.f_frsize = attrs.BLKSIZE
         s.f_blocks = s.f_bfree = s.f_bavail = 1 << 30
         s.f_files = s.f_ffree = s.f_favail = 1 << 30
-        s.f_namemax = 255
+        s.f_namemax = MAX_NAME_BYTES
         return s
 
     # --- writing -------------------------------------------------------------------------------
@@ -618,7 +625,10 @@ class CowFS(pyfuse3.Operations):
             raise _err(errno.EINVAL) from None
         if "\x00" in name or name in (".", ".."):
             raise _err(errno.EINVAL)
-        return _join(parent.path, name)
+        check_component(raw)
+        path = _join(parent.path, name)
+        check_path_limits(path)
+        return path
 
     @_op("create")
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
@@ -734,8 +744,15 @@ class CowFS(pyfuse3.Operations):
 
     @_op("mknod")
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
-        self._writable(self._node(parent_inode))
-        raise _err(errno.ENOTSUP)
+        """A regular file (GNU tar makes files with mknodat); other kinds have no place in a
+        commit."""
+        parent = self._node(parent_inode)
+        view = self._writable(parent)
+        if not stat.S_ISREG(mode):
+            raise _err(errno.ENOTSUP)
+        path = self._child_path(parent, name)
+        e = await self._staged(view.staging.create, path, mode, True)
+        return await self._new_child(parent, name, e)
 
     # --- branch heads and write sessions -------------------------------------------------------
 

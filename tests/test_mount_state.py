@@ -1,9 +1,12 @@
 """Random writes, renames, deletes, mkdirs and commits, applied both to a mounted branch and to a
-plain dict, which must agree after every step and after every commit."""
+plain dict, which must agree after every step and after every commit. Operations that must fail
+(names over 255 bytes, renames into themselves or over the wrong kind) are in the mix: each must
+answer its errno and change nothing."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -160,6 +163,45 @@ def test_mount_matches_model(backend: str, tmp_path: Path, request: pytest.Fixtu
             for p in [p for p in self.model if p == src or p.startswith(src + "/")]:
                 del self.model[p]
             self.model.update(moved)
+
+        @rule(i=st.integers(0, 50), j=st.integers(0, 50), how=st.integers(0, 6))
+        def failing_op(self, i: int, j: int, how: int) -> None:
+            """An operation that must fail whole: its errno, and nothing changed."""
+            paths = sorted(self.model)
+            dirs = self._dirs()
+            files = self._files()
+            long = "L" * 256
+            parent = dirs[i % len(dirs)]
+            src = paths[i % len(paths)] if paths else None
+            cases: list[tuple[int, object, tuple]] = [
+                (errno.ENAMETOOLONG, open, (self.root / self._join(parent, long), "wb")),
+                (errno.ENAMETOOLONG, os.mkdir, (self.root / self._join(parent, long),)),
+                (errno.ENOENT, os.rename, (self.root / "missing", self.root / "x")),
+            ]
+            if src is not None:
+                to = self.root / self._join(dirs[j % len(dirs)], long)
+                cases.append((errno.ENAMETOOLONG, os.rename, (self.root / src, to)))
+            subdirs = [d for d in dirs if d]
+            if subdirs:
+                d = subdirs[i % len(subdirs)]
+                cases.append((errno.EINVAL, os.rename, (self.root / d, self.root / d / "in")))
+                outside = [f for f in files if not f.startswith(d + "/")]
+                if outside:  # the kernel answers a rename over an ancestor ENOTEMPTY itself
+                    f = outside[j % len(outside)]
+                    cases.append((errno.ENOTDIR, os.rename, (self.root / d, self.root / f)))
+                    cases.append((errno.EISDIR, os.rename, (self.root / f, self.root / d)))
+                full = [x for x in subdirs if any(p.startswith(x + "/") for p in self.model)]
+                others = [x for x in subdirs if not x.startswith(d)]
+                if full and others:
+                    dst = full[j % len(full)]
+                    if not dst.startswith(d) and not d.startswith(dst):
+                        cases.append((errno.ENOTEMPTY, os.rename, (self.root / d, self.root / dst)))
+            code, fn, args = cases[how % len(cases)]
+            before = read_mount(self.root)
+            with pytest.raises(OSError) as e:
+                fn(*args)  # type: ignore[operator]
+            assert e.value.errno == code, (fn, args)
+            assert read_mount(self.root) == before == self.model
 
         @rule()
         def commit(self) -> None:

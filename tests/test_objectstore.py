@@ -22,6 +22,7 @@ from botocore.stub import Stubber
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cowfs.config import StoreSettings
 from cowfs.errors import ObjectMissing, StoreUnavailable, UsageError
 from cowfs.objectstore import LocalStore, ObjectStore, open_objectstore
 from cowfs.objectstore.s3 import S3Store, _in_key_order, parse_s3_url
@@ -241,11 +242,10 @@ def test_unreachable_endpoint_fails_fast_with_clear_message(
 
 def test_server_gone_after_open_raises_store_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     # Error mapping is under test here, not botocore's backoff (which the test above times).
-    monkeypatch.setattr("cowfs.objectstore.s3.MAX_ATTEMPTS", 1)
     with SeaweedServer() as private:
         for name, value in private.env().items():
             monkeypatch.setenv(name, value)
-        store = S3Store("s3://going-away/lake", create=True)
+        store = S3Store("s3://going-away/lake", create=True, settings=StoreSettings(s3_attempts=1))
         store.put("k", b"v")
     calls = {
         "get": lambda: store.get("k"),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from cowfs.cli.common import Context, emit_json, human_bytes, json_option, pass_ctx, when
 from cowfs.config import default_store_url
-from cowfs.errors import UsageError
+from cowfs.errors import CowfsError, UsageError
 from cowfs.lake import Lake
-from cowfs.refs import parse_ref
+from cowfs.refs import parse_branch_ref, parse_ref
 
 
 @click.command()
@@ -45,16 +47,30 @@ def repo_create(ctx: Context, name: str, description: str) -> None:
 def repo_list(ctx: Context, as_json: bool) -> None:
     lake = ctx.lake()
     rows = []
-    for r in lake.list_repos():
-        branches = lake.branches(r["name"])
-        rows.append({**r, "branches": [b for b, _ in branches]})
+    damaged: list[str] = []
+    for r in lake.list_repos(damaged):
+        try:
+            branches = [b for b, _ in lake.branches(r["name"])]
+        except CowfsError as e:
+            damaged.append(f"repo {r['name']}: {e}")
+            branches = []
+        rows.append({**r, "branches": branches})
     if as_json:
         emit_json(rows)
-        return
-    for r in rows:
-        click.echo(
-            f"{r['name']:<24} {when(r['created'])}  branches: {', '.join(r['branches']) or '-'}"
-        )
+    else:
+        for r in rows:
+            click.echo(
+                f"{r['name']:<24} {when(r['created'])}  branches: {', '.join(r['branches']) or '-'}"
+            )
+    _report_damage(damaged)
+
+
+def _report_damage(damaged: list[str]) -> None:
+    """Store-wide commands report each repo's damage on its own line, then exit 1."""
+    for line in damaged:
+        click.echo(f"cowfs: damaged: {line}", err=True)
+    if damaged:
+        sys.exit(1)
 
 
 @repo.command("delete")
@@ -84,7 +100,7 @@ def branch() -> None:
 @pass_ctx
 def branch_create(ctx: Context, target: str, start: str) -> None:
     lake = ctx.lake()
-    ref = parse_ref(target, allow_path=False)
+    ref = parse_branch_ref(target, allow_path=False, what="create branch")
     if "@" not in target:
         raise UsageError(f"name the new branch as repo@branch, not {target!r}")
     src = parse_ref(start, allow_path=False)
@@ -113,7 +129,7 @@ def branch_list(ctx: Context, repo_name: str, as_json: bool) -> None:
 @click.argument("target")
 @pass_ctx
 def branch_delete(ctx: Context, target: str) -> None:
-    ref = parse_ref(target, allow_path=False)
+    ref = parse_branch_ref(target, allow_path=False, what="delete branch")
     ctx.lake().delete_branch(ref.repo, ref.rev)
     click.echo(f"deleted branch {ref.repo}@{ref.rev}")
 
@@ -126,6 +142,7 @@ def stats(ctx: Context, as_json: bool) -> None:
     s = ctx.lake().stats()
     if as_json:
         emit_json(s)
+        _report_damage(s["damaged"])
         return
     click.echo(f"store          {s['store']}")
     click.echo(f"repos          {s['repos']}   commits {s['commits']}")
@@ -136,6 +153,7 @@ def stats(ctx: Context, as_json: bool) -> None:
         f"and {s['tree_nodes']} tree nodes"
     )
     click.echo(f"dedup ratio    {s['dedup_ratio'] or '-'}")
+    _report_damage(s["damaged"])
 
 
 COMMANDS = [init, repo, branch, stats]

@@ -19,10 +19,10 @@ from cowfs.cli.common import (
 )
 from cowfs.commits import Commit
 from cowfs.entries import Entry, EntryType
-from cowfs.errors import NotFound, UsageError
+from cowfs.errors import CowfsError, NotFound, UsageError
 from cowfs.export import export
 from cowfs.reader import ChunkReader
-from cowfs.refs import parse_ref
+from cowfs.refs import parse_branch_ref, parse_ref
 from cowfs.snapshot import destination, snapshot
 from cowfs.tree import TreeView, empty_tree
 
@@ -47,7 +47,7 @@ def put(ctx: Context, target: str, source: Path, message: str, keep: bool, as_js
     A directory makes the destination mirror it; a file lands at the path. Files whose size
     and mtime have not changed since the last put are not read again. Prints the commit id last.
     """
-    ref = parse_ref(target)
+    ref = parse_branch_ref(target, what="put into")
     if "@" not in target.partition(":")[0]:
         raise UsageError(f"name the branch to put into, e.g. {ref.repo}@main")
     if not source.exists() and not source.is_symlink():
@@ -131,13 +131,26 @@ def get(ctx: Context, source: str, dest: Path, as_json: bool) -> None:
         reader.close()
     if as_json:
         emit_json(
-            {"commit": commit.id, "files": report.files, "dirs": report.dirs, "bytes": report.bytes}
+            {
+                "commit": commit.id,
+                "files": report.files,
+                "dirs": report.dirs,
+                "bytes": report.bytes,
+                "damaged": report.damaged,
+            }
         )
     else:
         click.echo(
             f"restored {report.files} files ({human_bytes(report.bytes)}) from "
             f"{commit.repo}@{commit.id} to {dest}",
             err=True,
+        )
+    if report.damaged:
+        for line in report.damaged:
+            click.echo(f"cowfs: {line}", err=True)
+        raise CowfsError(
+            f"{len(report.damaged)} path(s) could not be restored (listed above); "
+            "everything else was"
         )
 
 
@@ -209,7 +222,7 @@ def ls(ctx: Context, target: str, recursive: bool, as_json: bool) -> None:
 @pass_ctx
 def rm(ctx: Context, targets: tuple[str, ...], message: str, as_json: bool) -> None:
     """Delete paths (directories with everything beneath) as one new commit."""
-    refs = [parse_ref(t) for t in targets]
+    refs = [parse_branch_ref(t, what="remove from") for t in targets]
     first = refs[0]
     for r in refs:
         if not r.has_path or not r.path:

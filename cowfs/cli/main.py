@@ -43,9 +43,9 @@ def cli(ctx: click.Context, store: str | None) -> None:
 
 
 def _register() -> None:
-    from cowfs.cli import admin, daemon, data, history, pipeline
+    from cowfs.cli import admin, daemon, data, history, lifecycle, pipeline
 
-    for module in (admin, data, history, pipeline, daemon):
+    for module in (admin, data, history, pipeline, daemon, lifecycle):
         for command in module.COMMANDS:
             cli.add_command(command)
     cli.add_command(__import__("cowfs.cli.s3", fromlist=["s3"]).s3)  # the S3 gateway (docs/s3.md)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import xxhash
 
+from cowfs.config import StoreSettings
 from cowfs.errors import ObjectMissing, StoreUnavailable
 from cowfs.objectstore.base import ObjectStore, Versioned
 
@@ -38,13 +39,23 @@ def _token(data: bytes) -> str:
 class LocalStore(ObjectStore):
     is_local = True
 
-    def __init__(self, root: str | os.PathLike[str], create: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        create: bool = False,
+        settings: StoreSettings | None = None,
+    ) -> None:
+        settings = settings or StoreSettings()
+        #: Private by default (issue 8, item 16): whoever can read the folder reads every chunk.
+        self._file_mode = settings.file_mode
+        self._dir_mode = settings.dir_mode
         self.root = Path(root).expanduser().absolute()
         self.url = f"file://{self.root}"
         #: Objects were put since the last sync: the next ref swap must flush them first.
         self._dirty = False
-        if create:
-            self.root.mkdir(parents=True, exist_ok=True)
+        if create and not self.root.exists():
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=self._dir_mode, exist_ok=True)
         if not self.root.is_dir():
             raise StoreUnavailable(
                 f"no store at {self.root}: run `cowfs init` or pass --store/COWFS_STORE"
@@ -67,11 +78,12 @@ class LocalStore(ObjectStore):
     def _write(self, key: str, data: bytes, durable: bool) -> None:
         path = self._path(key)
         tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{id(data):x}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, flags, self._file_mode)
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._make_dirs(path.parent)
+            fd = os.open(tmp, flags, self._file_mode)
         try:
             view = memoryview(data)
             while view:
@@ -87,6 +99,17 @@ class LocalStore(ObjectStore):
             os.fsync(fd)
         os.close(fd)
         os.replace(tmp, path)
+
+    def _make_dirs(self, path: Path) -> None:
+        missing = []
+        while not path.exists() and path != self.root:
+            missing.append(path)
+            path = path.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir(mode=self._dir_mode)
+            except FileExistsError:
+                pass
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -126,7 +149,7 @@ class LocalStore(ObjectStore):
 
     def swap(self, key: str, data: bytes, expected: str | None) -> bool:
         lock_dir = self.root / _LOCK_DIR
-        lock_dir.mkdir(exist_ok=True)
+        lock_dir.mkdir(mode=self._dir_mode, exist_ok=True)
         lock_path = lock_dir / xxhash.xxh3_64_hexdigest(key.encode())
         with open(lock_path, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

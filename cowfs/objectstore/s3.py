@@ -8,8 +8,9 @@ unchanged wherever boto3 does.
 AWS has supported since 2024 and SeaweedFS and MinIO honour too: the server does the
 compare-and-swap atomically, so no lock service is needed.
 
-Timeouts are short on purpose: a wrong endpoint or a dead network should fail within seconds with a
-message naming the endpoint, not hang a mount for minutes inside botocore's retries.
+Timeouts are short on purpose and configurable (`cowfs.config.StoreSettings`: connect 2 s, read 5 s
+per socket operation, 2 attempts): a wrong endpoint, a dead network or a stopped server fails a
+request within seconds with a message naming the endpoint, not after minutes of botocore retries.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import botocore.exceptions
 import botocore.handlers
 from botocore.config import Config
 
+from cowfs.config import StoreSettings
 from cowfs.errors import ObjectMissing, StoreUnavailable, UsageError
 from cowfs.objectstore.base import ObjectStore, Versioned
 
@@ -38,11 +40,6 @@ T = TypeVar("T")
 
 #: Concurrent connections per store: ingest and prefetch run this many requests at once.
 MAX_POOL_CONNECTIONS = 32
-CONNECT_TIMEOUT_S = 2.0
-#: Per socket read, not per request: a 10 MB object on a slow link still gets through.
-READ_TIMEOUT_S = 20.0
-#: Total attempts including the first, for errors botocore knows to be transient.
-MAX_ATTEMPTS = 3
 #: Attempts for a swap the server answered 409 ConditionalRequestConflict (a concurrent
 #: conditional write to the same key was in flight); after these we report losing the race.
 SWAP_CONFLICT_ATTEMPTS = 5
@@ -138,7 +135,10 @@ def _in_key_order(items: Iterator[tuple[str, int]], dir_len: int) -> Iterator[tu
 class S3Store(ObjectStore):
     is_local = False
 
-    def __init__(self, url: str, create: bool = False) -> None:
+    def __init__(
+        self, url: str, create: bool = False, settings: StoreSettings | None = None
+    ) -> None:
+        settings = settings or StoreSettings()
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.region = (
@@ -148,9 +148,9 @@ class S3Store(ObjectStore):
         config = Config(
             region_name=self.region,
             max_pool_connections=MAX_POOL_CONNECTIONS,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            read_timeout=READ_TIMEOUT_S,
-            retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+            connect_timeout=settings.s3_connect_timeout,
+            read_timeout=settings.s3_read_timeout,
+            retries={"mode": "standard", "total_max_attempts": settings.s3_attempts},
             tcp_keepalive=True,
             # Custom endpoints (SeaweedFS, MinIO) rarely have wildcard DNS for bucket subdomains.
             s3={"addressing_style": "path" if endpoint else "auto"},

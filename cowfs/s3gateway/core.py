@@ -12,7 +12,7 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from cowfs import layout, tree
+from cowfs import tree
 from cowfs.commits import Commit
 from cowfs.config import state_dir
 from cowfs.entries import Entry
@@ -81,7 +81,7 @@ class Gateway:
         hit = self.cache.get(("repo", name))
         if hit is not MISSING:
             return hit  # type: ignore[return-value]
-        found = self.lake.objects.exists(layout.repo_key(name))
+        found = self.lake.incarnation(name) is not None  # a repo being deleted is gone
         # "no such repo" is asked on every `<ref>.<repo>` request (is the whole name a repo?),
         # so it is remembered too, for as long as a branch head.
         self.cache.put(("repo", name), found, REPO_TTL_S if found else HEAD_TTL_S)
@@ -101,7 +101,8 @@ class Gateway:
             return commit
         commit = self.lake.find_commit(repo, ref)
         if commit is not None:
-            self.cache.put(key, commit, COMMIT_TTL_S, gen)
+            # A full commit id never changes what it names; a tag or an id prefix might.
+            self.cache.put(key, commit, COMMIT_TTL_S if commit.id == ref else HEAD_TTL_S, gen)
         return commit
 
     def note_head(self, repo: str, branch: str) -> None:
@@ -151,9 +152,10 @@ class Gateway:
             return head.tree
         found = self.lake.find_commit(repo, ref)
         if found is not None:
+            what = "is commit" if found.id == ref else "names commit"
             raise S3Error(
                 "AccessDenied",
-                f"{repo}@{ref} is commit {found.id}: commits are read-only, write to a branch",
+                f"{repo}@{ref} {what} {found.id}: commits are read-only, write to a branch",
             )
         if not self.lake.branches(repo):
             return None

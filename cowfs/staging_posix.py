@@ -1,0 +1,426 @@
+"""The POSIX operations on a staging area, each applied whole or not at all.
+
+Every operation runs as one batch (`_change`): the records it stages go to the durable store in
+one transaction at its end, and if anything fails first (a name over the lake's limits found
+half-way through a rename, the store refusing the transaction) the in-memory index is put back
+as it was and nothing reaches the disk. Effects that cannot be undone (removing an overlay file,
+shrinking one) run only once the transaction has committed. Overlay bytes are `pwrite`n before
+it: a failed write leaves bytes no record points at, which nothing reads.
+
+Creating, removing or renaming an entry sets its directory's mtime (ctime follows, as the mount
+shows ctime = mtime); for a directory of the base this stages a record of it, so the commit
+carries the new mtime. The view root's mtime lives in memory only (a commit has no entry for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from cowfs.entries import Entry
+from cowfs.errors import NameTooLong
+from cowfs.names import MAX_PATH_BYTES, check_path_limits, parent_of
+from cowfs.reader import ChunkReader
+from cowfs.staging_records import (
+    DIR,
+    FILE,
+    LINK,
+    ORPHAN,
+    WHITEOUT,
+    Rec,
+    StagingError,
+    add_range,
+    clip_ranges,
+    rec_from_entry,
+)
+from cowfs.staging_store import RecStore
+from cowfs.staging_union import StagedTree
+
+
+@dataclass
+class _Batch:
+    #: path -> the record to store, or None to delete it: what the transaction writes.
+    changes: dict[str, Rec | None] = field(default_factory=dict)
+    #: path -> the record the index had before this batch first touched it (None: no record).
+    undo: dict[str, Rec | None] = field(default_factory=dict)
+    orphans_undo: dict[str, Rec | None] = field(default_factory=dict)
+    #: Run once the transaction has committed.
+    after: list[Callable[[], None]] = field(default_factory=list)
+    next_overlay: int = 0
+    root_mtime_ns: int = 0
+
+
+class PosixOps(StagedTree):
+    """Reads and changes of the branch as staged. Thread-safe through `lock`."""
+
+    lock: threading.RLock
+    closed: bool
+    db: RecStore
+    repo: str
+    branch: str
+    _next_overlay: int
+    _next_orphan: int
+    _batch: _Batch | None
+
+    # --- batches ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Hold the lock of an area that is still open: once closed it takes no more writes."""
+        with self.lock:
+            if self.closed:
+                raise StagingError(
+                    f"{self.repo}@{self.branch} is no longer open for writing here", _errno.EROFS
+                )
+            yield
+
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[None]:
+        """One operation: applied whole (one transaction) or, on any failure, not at all."""
+        with self._guard():
+            if self._batch is not None:  # an operation made of others (create over a file)
+                yield
+                return
+            b = self._batch = _Batch(next_overlay=self._next_overlay, root_mtime_ns=0)
+            b.root_mtime_ns = self.root_mtime_ns
+            try:
+                yield
+                grew = self._next_overlay != b.next_overlay
+                if b.changes or grew:
+                    self.db.apply(b.changes, self._next_overlay if grew else None)
+            except BaseException:
+                self._rollback(b)
+                raise
+            finally:
+                self._batch = None
+            for fn in b.after:
+                with contextlib.suppress(OSError):
+                    fn()
+
+    def _rollback(self, b: _Batch) -> None:
+        for path, prev in b.undo.items():
+            self.unindex(path)
+            if prev is not None:
+                self.index(path, prev)
+        for key, prev in b.orphans_undo.items():
+            if prev is None:
+                self.orphans.pop(key, None)
+            else:
+                self.orphans[key] = prev
+        self.root_mtime_ns = b.root_mtime_ns
+
+    def _put(self, path: str, rec: Rec) -> None:
+        """Stage `rec` (a fresh object: indexed records are never changed in place)."""
+        b = self._batch
+        assert b is not None
+        b.undo.setdefault(path, self.recs.get(path))
+        self.index(path, rec)
+        b.changes[path] = rec
+
+    def _drop(self, path: str) -> None:
+        b = self._batch
+        assert b is not None
+        if path not in self.recs:
+            return
+        b.undo.setdefault(path, self.recs.get(path))
+        self.unindex(path)
+        b.changes[path] = None
+
+    def _store(self, path: str, rec: Rec) -> None:
+        """Record a change to a file; an unlinked one lives only in memory, as on any fs."""
+        if path.startswith(ORPHAN):
+            assert self._batch is not None
+            self._batch.orphans_undo.setdefault(path, self.orphans.get(path))
+            self.orphans[path] = rec
+        else:
+            self._put(path, rec)
+
+    def _later(self, fn: Callable[[], None]) -> None:
+        assert self._batch is not None
+        self._batch.after.append(fn)
+
+    def _touch_dir(self, path: str, now: int) -> None:
+        """An entry was made or removed in directory `path`: its mtime moves."""
+        if not path:
+            self.root_mtime_ns = now
+            return
+        rec = self.recs.get(path)
+        if rec is None:
+            e = self.base_lookup(path)
+            if e is None or not e.is_dir:
+                return
+            rec = rec_from_entry(e)
+        elif rec.kind != DIR:
+            return
+        else:
+            rec = rec.copy()
+        rec.mtime_ns = now
+        self._put(path, rec)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> Entry | None:
+        """What the branch shows at `path` with the staged writes applied."""
+        with self._guard():
+            return self.entry_at(path)
+
+    def list_dir(self, path: str) -> list[Entry]:
+        with self._guard():
+            return self.children_of(path)
+
+    def read(self, path: str, offset: int, size: int, reader: ChunkReader) -> bytes | None:
+        """The bytes of a staged file, or None where `path` is not staged (read the base)."""
+        with self._guard():
+            rec = self.rec(path)
+            if rec is None or rec.kind != FILE:
+                return None
+            return self.read_rec(rec, offset, size, reader)
+
+    # --- making ----------------------------------------------------------------------------
+
+    def _existing(self, path: str) -> Entry:
+        e = self.entry_at(path)
+        if e is None:
+            raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+        return e
+
+    def _need_parent_dir(self, path: str) -> None:
+        parent = parent_of(path)
+        if parent:
+            p = self._existing(parent)
+            if not p.is_dir:
+                raise StagingError(f"/{parent} is not a directory", _errno.ENOTDIR)
+
+    def _new_rec(self, path: str, rec: Rec) -> None:
+        """Place a new path, hiding whatever the base had there."""
+        if rec.kind == DIR and self.view.lookup(path) is not None:
+            rec.opaque = True
+        old = self.recs.get(path)
+        if old is not None and old.kind == FILE and old.overlay is not None:
+            self._later(lambda ov=old.overlay: self.unlink_overlay(ov))
+        self._put(path, rec)
+        self._touch_dir(parent_of(path), rec.mtime_ns)
+
+    def create(self, path: str, mode: int, exclusive: bool = False) -> Entry:
+        with self._change():
+            check_path_limits(path)
+            self._need_parent_dir(path)
+            cur = self.entry_at(path)
+            if cur is not None:
+                if exclusive:
+                    raise StagingError(f"/{path} exists", _errno.EEXIST)
+                if cur.is_dir:
+                    raise StagingError(f"/{path} is a directory", _errno.EISDIR)
+                self.truncate(path, 0)
+                return self._existing(path)
+            self._new_rec(path, Rec(FILE, mode & 0o7777, time.time_ns()))
+            return self.recs[path].entry(path)
+
+    def mkdir(self, path: str, mode: int) -> Entry:
+        return self._make(path, Rec(DIR, mode & 0o7777, time.time_ns()))
+
+    def symlink(self, path: str, target: str) -> Entry:
+        size = len(target.encode("utf-8", "surrogateescape"))
+        if size >= MAX_PATH_BYTES:
+            raise NameTooLong(f"symlink target too long ({size} bytes, under {MAX_PATH_BYTES})")
+        return self._make(path, Rec(LINK, 0o777, time.time_ns(), target=target))
+
+    def _make(self, path: str, rec: Rec) -> Entry:
+        """Place a directory or link where nothing is (neither replaces, unlike a file)."""
+        with self._change():
+            check_path_limits(path)
+            self._need_parent_dir(path)
+            if self.entry_at(path) is not None:
+                raise StagingError(f"/{path} exists", _errno.EEXIST)
+            self._new_rec(path, rec)
+            return rec.entry(path)
+
+    # --- file contents ---------------------------------------------------------------------
+
+    def _file_rec(self, path: str) -> Rec:
+        """A copy of the staged record of a file to change, made from the base entry on first
+        change (chunk references only, no bytes)."""
+        rec = self.rec(path)
+        if rec is not None:
+            if rec.kind != FILE:
+                raise StagingError(f"/{path} is not a file", _errno.EISDIR)
+            return rec.copy()
+        e = self.base_lookup(path)
+        if e is None:
+            raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+        if not e.is_file:
+            raise StagingError(f"/{path} is not a file", _errno.EISDIR)
+        return rec_from_entry(e)
+
+    def write(self, path: str, offset: int, data: bytes) -> int:
+        with self._change():
+            rec = self._file_rec(path)
+            fresh = rec.overlay is None
+            if fresh:
+                rec.overlay = self._next_overlay
+                self._next_overlay += 1
+            n = os.pwrite(self.fd(rec.overlay, fresh=fresh), data, offset)
+            rec.ranges = add_range(rec.ranges, offset, offset + n)
+            rec.size = max(rec.size, offset + n)
+            rec.mtime_ns = time.time_ns()
+            self._store(path, rec)
+            return n
+
+    def truncate(self, path: str, size: int) -> None:
+        with self._change():
+            rec = self._file_rec(path)
+            if size < rec.size:
+                rec.ranges = clip_ranges(rec.ranges, size)
+                rec.base_len = min(rec.base_len, size)
+                if rec.overlay is not None:
+                    # Bytes past `ranges` are never read: freeing them can wait for the commit.
+                    self._later(lambda ov=rec.overlay: os.ftruncate(self.fd(ov), size))
+            rec.size = size
+            rec.mtime_ns = time.time_ns()
+            self._store(path, rec)
+
+    def setattr(self, path: str, mode: int | None = None, mtime_ns: int | None = None) -> None:
+        with self._change():
+            if not path:
+                # A commit has no entry for its root: mode is not recorded, mtime only here.
+                if mtime_ns is not None:
+                    self.root_mtime_ns = mtime_ns
+                return
+            rec = self.rec(path)
+            if rec is None:
+                e = self.base_lookup(path)
+                if e is None:
+                    raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+                rec = rec_from_entry(e)
+            elif rec.kind == WHITEOUT:
+                raise StagingError(f"/{path} does not exist", _errno.ENOENT)
+            else:
+                rec = rec.copy()
+            if mode is not None and rec.kind != LINK:
+                rec.mode = mode & 0o7777
+            if mtime_ns is not None:
+                rec.mtime_ns = mtime_ns
+            self._store(path, rec)
+
+    # --- removing and moving ---------------------------------------------------------------
+
+    def _remove(self, path: str, keep_overlays: bool = False) -> None:
+        """Take `path` and all staged beneath it away, whiting out what the base had there."""
+        prefix = path + "/"
+        for p in [p for p in self.recs if p == path or p.startswith(prefix)]:
+            rec = self.recs[p]
+            if rec.kind == FILE and rec.overlay is not None and not keep_overlays:
+                self._later(lambda ov=rec.overlay: self.unlink_overlay(ov))
+            self._drop(p)
+        if self.base_lookup(path) is not None:
+            self._put(path, Rec(WHITEOUT))
+
+    def unlink(self, path: str, keep_open: bool = False) -> str | None:
+        """Remove a file; with `keep_open` (a handle has it open) return the key under which
+        those handles go on using it."""
+        with self._change():
+            e = self._existing(path)
+            if e.is_dir:
+                raise StagingError(f"/{path} is a directory", _errno.EISDIR)
+            key = self._orphan(path) if keep_open else None
+            self._remove(path)
+            self._touch_dir(parent_of(path), time.time_ns())
+            return key
+
+    def rmdir(self, path: str) -> None:
+        with self._change():
+            e = self._existing(path)
+            if not e.is_dir:
+                raise StagingError(f"/{path} is not a directory", _errno.ENOTDIR)
+            if self.children_of(path):
+                raise StagingError(f"/{path} is not empty", _errno.ENOTEMPTY)
+            self._remove(path)
+            self._touch_dir(parent_of(path), time.time_ns())
+
+    def rename(
+        self, old: str, new: str, noreplace: bool = False, keep_open: bool = False
+    ) -> str | None:
+        """Move `old` to `new`; with `keep_open` (a handle has the replaced file open) return
+        the key under which those handles go on using the file that was at `new`.
+
+        Everything is checked, and every moved path's new name measured against the lake's
+        limits, before anything is staged."""
+        with self._change():
+            if old == new:
+                return None
+            src = self._existing(old)
+            if new.startswith(old + "/"):
+                raise StagingError(f"cannot move /{old} into itself", _errno.EINVAL)
+            check_path_limits(new)
+            self._need_parent_dir(new)
+            dst = self.entry_at(new)
+            if dst is not None:
+                if noreplace:
+                    raise StagingError(f"/{new} exists", _errno.EEXIST)
+                if src.is_dir and not dst.is_dir:
+                    raise StagingError(f"/{new} is not a directory", _errno.ENOTDIR)
+                if dst.is_dir and not src.is_dir:
+                    raise StagingError(f"/{new} is a directory", _errno.EISDIR)
+                if dst.is_dir and self.children_of(new):
+                    raise StagingError(f"/{new} is not empty", _errno.ENOTEMPTY)
+            moved = [(old, src)]
+            if src.is_dir:
+                moved.extend((e.path, e) for e in self._walk_visible(old))
+            copies = []
+            for p, e in moved:
+                to = new + p[len(old) :]
+                check_path_limits(to)
+                rec = self.recs.get(p)
+                rec = rec.copy() if rec is not None else rec_from_entry(e)
+                rec.opaque = False
+                copies.append((to, rec))
+            key = None
+            if dst is not None:
+                if keep_open and dst.is_file:
+                    key = self._orphan(new)
+                self._remove(new)
+            self._remove(old, keep_overlays=True)
+            for p, rec in copies:
+                if rec.kind == DIR and self.view.lookup(p) is not None:
+                    rec.opaque = True
+                self._put(p, rec)
+            now = time.time_ns()
+            self._touch_dir(parent_of(old), now)
+            self._touch_dir(parent_of(new), now)
+            return key
+
+    def _walk_visible(self, path: str) -> Iterator[Entry]:
+        for e in self.children_of(path):
+            yield e
+            if e.is_dir:
+                yield from self._walk_visible(e.path)
+
+    # --- files unlinked while open ---------------------------------------------------------
+
+    def _orphan(self, path: str) -> str:
+        """Keep the file at `path` (about to be removed) alive for the handles open on it."""
+        rec = self.recs.get(path)
+        if rec is None:
+            e = self.base_lookup(path)
+            assert e is not None and e.is_file
+            rec = rec_from_entry(e)
+        else:
+            rec = rec.copy()
+        key = f"{ORPHAN}{self._next_orphan}"
+        self._next_orphan += 1
+        assert self._batch is not None
+        self._batch.orphans_undo[key] = None
+        self.orphans[key] = rec
+        return key
+
+    def drop_orphan(self, key: str) -> None:
+        """The last handle on an unlinked file closed: its bytes can go."""
+        with self.lock:
+            rec = self.orphans.pop(key, None)
+            if rec is not None and rec.overlay is not None and not self.closed:
+                self.unlink_overlay(rec.overlay)
