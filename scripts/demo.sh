@@ -99,5 +99,31 @@ run cowfs inspect "$gid"
 run cowfs lineage sizes@main --upstream
 run cowfs umount "$work/pfs"
 trap - EXIT
+# --- the S3 gateway -----------------------------------------------------------------------------
+printf '[s3]\naccess_key = "demo"\nsecret_key = "demo-secret"\n' > s3.toml
+port=$("${PYTHON:-python3}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+say "cowfs s3 serve --listen 127.0.0.1:$port --config s3.toml &"
+cowfs s3 serve --listen "127.0.0.1:$port" --config s3.toml 2> s3.log &
+gateway=$!
+trap 'kill "$gateway" 2>/dev/null || true' EXIT
+until grep -q serving s3.log; do sleep 0.1; done
+say "boto3: list s3://images/main/cats/, read a commit's labels, write s3://main.images/new.csv"
+"${PYTHON:-python3}" - "$port" "$first" <<'PY'
+import sys
+
+import boto3
+
+s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1",
+                  aws_access_key_id="demo", aws_secret_access_key="demo-secret")
+for obj in s3.list_objects_v2(Bucket="images", Prefix="main/cats/")["Contents"]:
+    print(obj["Key"], obj["Size"], obj["ETag"][:18] + '..."')
+print(s3.get_object(Bucket="images", Key=f"{sys.argv[2]}/labels.csv")["Body"].read().decode())
+s3.put_object(Bucket="main.images", Key="new.csv", Body=b"written,through,s3\n")
+PY
+run cowfs cat images@main:/new.csv
+run cowfs log images@main -n 1
+kill "$gateway"
+wait "$gateway" 2>/dev/null || true
+trap - EXIT
 echo
 echo "demo store kept in $work"
