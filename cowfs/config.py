@@ -107,3 +107,29 @@ def gc_window_s() -> float:
 
         raise UsageError(f"COWFS_GC_WINDOW={raw!r} is not a number of seconds") from None
     return max(value, 0.0)
+
+
+def sandbox_user() -> tuple[int, int] | None:
+    """The (uid, gid) that pipeline transforms run as, from `COWFS_SANDBOX_USER` (a user name,
+    `uid` or `uid:gid`; default `nobody`). None keeps the runner's own identity: when the runner
+    is not root (it cannot switch), or when the setting is `root`/`0` (an explicit opt-out)."""
+    import pwd
+
+    raw = (os.environ.get("COWFS_SANDBOX_USER") or "nobody").strip()
+    if os.geteuid() != 0 or raw in ("root", "0", "0:0"):
+        return None
+    name, _, group = raw.partition(":")
+    try:
+        if name.isdigit():
+            uid = int(name)
+            gid = int(group) if group.isdigit() else uid
+        else:
+            pw = pwd.getpwnam(name)
+            uid, gid = pw.pw_uid, int(group) if group.isdigit() else pw.pw_gid
+    except KeyError:
+        from cowfs.errors import UsageError
+
+        raise UsageError(
+            f"COWFS_SANDBOX_USER={raw}: no such user (give a user name, uid or uid:gid)"
+        ) from None
+    return uid, gid

@@ -25,8 +25,15 @@ async def run_in_thread(
     instance: str,
     stop: threading.Event,
     say: Callable[[str], None],
+    ray: str | None = None,
 ) -> Job | None:
     opts = RunOptions(
-        force=False, instance=instance, cancel=stop, observer=MetricsObserver(), say=say
+        force=False,
+        instance=instance,
+        cancel=stop,
+        observer=MetricsObserver(),
+        say=say,
+        default_runner="ray" if ray else "local",
+        ray_address=ray,
     )
     return await trio.to_thread.run_sync(run_job, lake, name, opts, abandon_on_cancel=False)

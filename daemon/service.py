@@ -50,6 +50,7 @@ _KEYS = {
     "allow_other": bool,
     "cache_dir": str,
     "state_dir": str,
+    "ray": str,
 }
 #: Tables of the same file that belong to others (the S3 gateway reads `[s3]`).
 _OTHER_TABLES = ("s3",)
@@ -67,6 +68,8 @@ class DaemonConfig:
     state_dir: str | None = None
     #: HOST:PORT of the S3 gateway (`--s3`); its keys come from the config's `[s3]` table.
     s3: str | None = None
+    #: Run pipelines whose spec names no runner on this Ray cluster ("auto", HOST:PORT, ...).
+    ray: str | None = None
 
     def override(self, **kw: Any) -> DaemonConfig:
         """Command-line values win over the file; None means "not given"."""
@@ -184,7 +187,9 @@ async def _main(cfg: DaemonConfig, lake: Lake, gateway: Any = None) -> int:
                 addrs = await nursery.start(serve_gateway, lake, gateway, stopping)
                 parts.append(f"S3 gateway on {addrs[0]}")
             if cfg.watch:
-                watcher = Watcher(lake, cfg.poll_interval, uuid.uuid4().hex, stop, log.info)
+                watcher = Watcher(
+                    lake, cfg.poll_interval, uuid.uuid4().hex, stop, log.info, ray=cfg.ray
+                )
                 await nursery.start(watcher.run)
                 parts.append(f"watching pipelines every {cfg.poll_interval:g} s")
             status = "; ".join(parts) or "idle"

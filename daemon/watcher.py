@@ -17,24 +17,27 @@ import trio
 
 from cowfs.errors import Conflict, CowfsError
 from cowfs.lake import Lake
-from cowfs.pipelines import records
+from cowfs.pipelines import cron, records
 from cowfs.pipelines.executor import JobInterrupted, current_inputs, job_fields
+from cowfs.pipelines.runners import RunnerUnavailable
 from daemon import metrics
 from daemon.runner import run_in_thread
 
 log = logging.getLogger("cowfs.watcher")
 
 
-def why_run(key: str, state: dict | None, owner_alive: Callable[[dict], bool]) -> str | None:
+def why_run(
+    key: str, state: records.ClaimState | None, owner_alive: Callable[[records.ClaimState], bool]
+) -> str | None:
     """Why a pipeline needs a job now, or None. Pure, given the liveness check."""
     if state is None:
         return "first job"
-    st = state.get("state")
+    st = state.state
     if st == "running":
         return None if owner_alive(state) else "its runner died: restarting the job"
     if st == "interrupted":
         return "the last job was interrupted: restarting it"
-    if state.get("key") != key:
+    if state.key != key:
         return "inputs or spec changed"
     return None
 
@@ -47,8 +50,10 @@ class Watcher:
         instance: str,
         stop: threading.Event,
         say: Callable[[str], None] = log.info,
+        ray: str | None = None,
     ) -> None:
         self.lake = lake
+        self.ray = ray
         self.interval = interval
         self.instance = instance
         self.stop = stop
@@ -56,9 +61,11 @@ class Watcher:
         self.running: set[str] = set()
 
     def due(self) -> list[tuple[str, str]]:
-        """(pipeline, reason) for every pipeline that needs a job; runs in a worker thread."""
+        """(pipeline, reason) for every pipeline that needs a job; runs in a worker thread.
+        Cron inputs get their due ticks first, so a tick's job starts in the same poll."""
         out = []
         for p in records.list_pipelines(self.lake):
+            self._tick(p)
             if p.name in self.running:
                 continue
             inputs = current_inputs(self.lake, p)
@@ -67,13 +74,27 @@ class Watcher:
             key = job_fields(p, inputs)["key"]
             state = records.get_state(self.lake, p.name)
 
-            def alive(st: dict) -> bool:
-                return records.owner_alive(st.get("owner", {}), st.get("heartbeat"), self.instance)
+            def alive(st: records.ClaimState) -> bool:
+                return st.alive(self.instance)
 
             reason = why_run(key, state, alive)
             if reason:
                 out.append((p.name, reason))
         return out
+
+    def _tick(self, p: records.Pipeline) -> None:
+        for inp in p.spec.pfs_inputs():
+            if inp.cron is None:
+                continue
+            try:
+                c = cron.tick(self.lake, inp, p.created)
+            except (CowfsError, OSError) as e:
+                metrics.WATCH_ERRORS.inc()
+                log.warning("pipeline %s: cannot commit the tick of %s: %s", p.name, inp.name, e)
+                continue
+            if c is not None:
+                when = cron.tick_name(float(c.extra.get("cron_tick", c.created)))
+                self.say(f"pipeline {p.name}: tick {when} -> {inp.repo}@{c.id}")
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -95,7 +116,9 @@ class Watcher:
 
     async def _job(self, name: str) -> None:
         try:
-            job = await run_in_thread(self.lake, name, self.instance, self.stop, self.say)
+            job = await run_in_thread(
+                self.lake, name, self.instance, self.stop, self.say, ray=self.ray
+            )
             if job is not None and job.state == "failed":
                 self.say(
                     f"pipeline {name}: job {job.id} failed: {(job.error or '').splitlines()[0]}"
@@ -104,6 +127,9 @@ class Watcher:
             log.info("pipeline %s: %s", name, e)
         except JobInterrupted:
             self.say(f"pipeline {name}: job interrupted by shutdown; it restarts with the daemon")
+        except RunnerUnavailable as e:  # e.g. its Ray cluster is down: one line, no traceback
+            metrics.WATCH_ERRORS.inc()
+            log.warning("pipeline %s: cannot start a job: %s", name, e)
         except Exception as e:  # noqa: BLE001 - one pipeline's bug must not stop the others
             metrics.WATCH_ERRORS.inc()
             log.exception("pipeline %s: job crashed: %s", name, e)

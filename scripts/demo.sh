@@ -97,6 +97,10 @@ run ls pfs/sizes/main
 gid=$(cowfs log images@main --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["global_id"])')
 run cowfs inspect "$gid"
 run cowfs lineage sizes@main --upstream
+# Each datum records where it ran (the host here; the Ray node with `--runner ray`), and user
+# code ran as an unprivileged user (nobody) with /etc/shadow out of sight.
+job=$(cowfs job list --pipeline sizes --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+run cowfs datum list "$job" --json
 run cowfs umount "$work/pfs"
 trap - EXIT
 # --- the S3 gateway -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 from cowfs.objectstore import ObjectStore
 from cowfs.objectstore.local import LocalStore
 from cowfs.testing.seaweed import SeaweedServer
+from tests.raycluster import ray_cluster  # noqa: F401 - the session's Ray cluster
 
 SHARED_BUCKET = "cowfs-test"
 

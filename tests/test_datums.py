@@ -84,6 +84,36 @@ def test_glob_features() -> None:
             globs.compile_glob(bad)
 
 
+def _finishes(fn, timeout: float = 60.0) -> bool:
+    """Whether `fn` returns within a generous bound (a backtracking match never would)."""
+    import threading
+
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive()
+
+
+def test_pathological_globs_are_bounded_or_matched_in_linear_time() -> None:
+    """Issue 8 item 14: these globs made `pipeline run` hang under a backtracking matcher."""
+    stars = "/" + "*" * 3000 + "x"
+    with pytest.raises(globs.GlobError, match="3000 wildcards.*at most 256"):
+        globs.compile_glob(stars)
+    with pytest.raises(SpecError, match=r"input\.pfs\.glob: glob has 3000 wildcards"):
+        parse({"pipeline": "p", "input": {"pfs": {"repo": "r", "glob": stars}},
+               "transform": {"cmd": ["true"]}})  # fmt: skip
+    with pytest.raises(globs.GlobError, match="at most 4096 are allowed"):
+        globs.compile_glob("/" + "a" * 5000)
+    nested = "/" + "(a*)*" * 30  # accepted: 60 operators, but exponential for `re`
+    parse({"pipeline": "p", "input": {"pfs": {"repo": "r", "glob": nested}},
+           "transform": {"cmd": ["true"]}})  # fmt: skip
+    hits = [InputFile("a" * n + "b", "d") for n in range(30, 4000, 40)]
+    misses = [InputFile("a" * n + "/b", "d") for n in range(30, 4000, 40)]
+    got: list = []
+    assert _finishes(lambda: got.append(plan(pfs("in", nested), {"in": hits + misses})))
+    assert len(got[0]) == len(hits)
+
+
 # --- planning ------------------------------------------------------------------------------------
 
 
@@ -481,3 +511,27 @@ def test_batching_rejects_transform_stdin() -> None:
                 "datum_batching": True,
             }
         )
+
+
+# --- cron schedules ------------------------------------------------------------------------------
+
+
+def test_cron_schedules_skip_missed_ticks() -> None:
+    from cowfs.pipelines.cron import CronError, Schedule
+
+    every = Schedule.parse("@every 2s")
+    assert every.every == 2.0
+    assert every.latest_due(100.0, 101.9) is None
+    assert every.latest_due(100.0, 102.0) == 102.0
+    assert every.latest_due(100.0, 111.5) == 110.0  # four missed: one tick, the latest
+    minute = Schedule.parse("*/10 * * * *")
+    assert minute.latest_due(0.0, 599.0) is None
+    assert minute.latest_due(0.0, 600.0) == 600.0
+    assert minute.latest_due(0.0, 3601.0) == 3600.0
+    for bad in ("@every", "@every soon", "61 * * * *", "tick"):
+        with pytest.raises(CronError):
+            Schedule.parse(bad)
+    with pytest.raises(SpecError, match=r"input\.cross\[0\]\.cron\.spec: 'tick' is not a cron"):
+        parse({"pipeline": "p", "transform": {"cmd": ["true"]},
+               "input": {"cross": [{"cron": {"name": "t", "spec": "tick"}},
+                                   {"pfs": {"repo": "r", "glob": "/"}}]}})  # fmt: skip

@@ -65,12 +65,12 @@ def put(env: LakeEnv, target: str, src: Path) -> str:
     return env.out("put", target, str(src)).strip()
 
 
-def run(env: LakeEnv, name: str) -> dict:
-    return json.loads(env.run("pipeline", "run", name, "--json").stdout)
+def run(env: LakeEnv, name: str, *extra: str) -> dict:
+    return json.loads(env.run("pipeline", "run", name, "--json", *extra).stdout)
 
 
-def run_fails(env: LakeEnv, name: str) -> dict:
-    proc = env.run("pipeline", "run", name, "--json", ok=False)
+def run_fails(env: LakeEnv, name: str, *extra: str) -> dict:
+    proc = env.run("pipeline", "run", name, "--json", *extra, ok=False)
     assert proc.returncode == 1, proc.stderr.decode()
     return json.loads(proc.stdout)
 
@@ -126,8 +126,17 @@ def test_incremental_jobs_skip_unchanged_datums(env: LakeEnv) -> None:
     assert [j["processed"] for j in jobs] == [N, 0, N, 0, 1, N]  # newest first
 
 
+@pytest.fixture(params=["local", "ray"])
+def runner(request: pytest.FixtureRequest) -> list[str]:
+    """`pipeline run` arguments for each runner: the tests below run on both."""
+    if request.param == "local":
+        return []
+    cluster = request.getfixturevalue("ray_cluster")
+    return ["--runner", "ray", "--ray-address", cluster.address]
+
+
 def test_failing_datum_is_retried_then_fails_the_job_without_moving_the_branch(
-    env: LakeEnv,
+    env: LakeEnv, runner: list[str]
 ) -> None:
     src = make_files(env.root / "src", 3)
     env.run("repo", "create", "data")
@@ -142,13 +151,13 @@ def test_failing_datum_is_retried_then_fails_the_job_without_moving_the_branch(
         "-f",
         write_spec(env, spec(transform={"cmd": ["sh"], "stdin": [script]}, datum_tries=2)),
     )
-    good = run(env, "up")
+    good = run(env, "up", *runner)
     head = env.json("log", "up@main")[0]["id"]
     assert head == good["output_commit"]
 
     (src / "zz.txt").write_text("bad\n")
     gid = put(env, "data@main", src)
-    job = run_fails(env, "up")
+    job = run_fails(env, "up", *runner)
     assert job["state"] == "failed" and job["failed"] == 1
     assert "failed after 2 tries: exited with status 3" in job["error"]
     assert "boom on zz.txt" in job["error"] and "in:/zz.txt" in job["error"]
@@ -171,13 +180,13 @@ def test_failing_datum_is_retried_then_fails_the_job_without_moving_the_branch(
     assert proc.returncode == 1 and "failed" in proc.stdout.decode()
 
 
-def test_two_datums_writing_one_path_fail_naming_both(env: LakeEnv) -> None:
+def test_two_datums_writing_one_path_fail_naming_both(env: LakeEnv, runner: list[str]) -> None:
     src = make_files(env.root / "src", 2)
     env.run("repo", "create", "data")
     put(env, "data@main", src)
     clash = {"cmd": ["sh"], "stdin": ["cat /pfs/in/* > /pfs/out/same.txt"]}
     env.run("pipeline", "create", "-f", write_spec(env, spec(transform=clash)))
-    job = run_fails(env, "up")
+    job = run_fails(env, "up", *runner)
     ids = [r["id"][:12] for r in env.json("datum", "list", job["id"])]
     assert len(ids) == 2
     assert "both write /same.txt" in job["error"]
@@ -231,6 +240,54 @@ def test_bubblewrap_view_and_the_direct_fallback(env: LakeEnv) -> None:
     res = json.loads(env.out("cat", "up@main:/res.json"))
     assert res["in_env"].endswith("/pfs/in") and res["in_env"] != "/pfs/in"
     assert res["out_env"].endswith("/pfs/out") and "f0000.txt" in res["sees_input"]
+
+
+WHO_CHECK = """
+import json, os
+def readable(p):
+    try:
+        open(p, "rb").close()
+        return True
+    except OSError:
+        return False
+secret = [p for p in os.listdir(os.environ["PFS_IN"])][0]
+out = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+       "shadow": readable("/etc/shadow"),
+       "secret_input": readable(os.path.join(os.environ["PFS_IN"], secret))}
+open(os.path.join(os.environ["PFS_OUT"], "who.json"), "w").write(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs a root runner")
+def test_transforms_run_unprivileged_and_cannot_read_host_secrets(env: LakeEnv) -> None:
+    """Issue 8 item 15: user code ran as uid 0 and could read /etc/shadow."""
+    src = env.root / "src"
+    src.mkdir()
+    (src / "private.txt").write_text("only for the pipeline\n")
+    (src / "private.txt").chmod(0o600)
+    env.run("repo", "create", "data")
+    put(env, "data@main", src)
+    check = spec(transform={"cmd": ["python3", "-c", WHO_CHECK]})
+    check["input"]["pfs"]["glob"] = "/"
+    env.run("pipeline", "create", "-f", write_spec(env, check))
+    nobody = (65534, 65534)
+    for mode, user, expect in (
+        ("", "", nobody),  # bubblewrap, the default user
+        ("none", "", nobody),  # direct: the process itself is started as the user
+        ("", "1234:4321", (1234, 4321)),
+    ):
+        env.env["COWFS_SANDBOX"] = mode
+        env.env["COWFS_SANDBOX_USER"] = user
+        env.run("pipeline", "update", "-f", write_spec(env, check), "--reprocess")
+        assert run(env, "up")["state"] == "success"
+        who = json.loads(env.out("cat", "up@main:/who.json"))
+        assert (who["uid"], who["gid"]) == expect, (mode, who)
+        assert who["groups"] in ([], [expect[1]]), who
+        assert who["shadow"] is False and who["secret_input"] is True, (mode, who)
+    env.env["COWFS_SANDBOX_USER"] = "no-such-user-here"
+    env.run("pipeline", "update", "-f", write_spec(env, check), "--reprocess")
+    job = run_fails(env, "up")
+    assert "COWFS_SANDBOX_USER=no-such-user-here: no such user" in job["error"]
 
 
 def test_image_needs_podman_or_docker(env: LakeEnv) -> None:
@@ -479,7 +536,9 @@ def test_delta_planned_jobs_equal_full_planning(
         records.create_pipeline(lake, parse(s))
 
     said: list[str] = []
-    full_plan = executor._delta_plan
+    from cowfs.pipelines import planning
+
+    full_plan = planning.delta_plan
     for step in range(6):
         if step:
             _random_edit(rng, src)
@@ -488,13 +547,13 @@ def test_delta_planned_jobs_equal_full_planning(
         job = executor.run_job(lake, "delta", executor.RunOptions(say=said.append))
         assert job is not None and job.state == "success", job and job.error
         assert step == 0 or any("planned from the input diff" in s for s in said), said
-        monkeypatch.setattr(executor, "_delta_plan", lambda *a: None)
+        monkeypatch.setattr(planning, "delta_plan", lambda *a: None)
         twin = executor.run_job(lake, "full", executor.RunOptions())
-        monkeypatch.setattr(executor, "_delta_plan", full_plan)
+        monkeypatch.setattr(planning, "delta_plan", full_plan)
         assert twin is not None and twin.state == "success", twin and twin.error
 
         pipeline = records.get_pipeline(lake, "delta")
-        files, _, _ = executor._input_files(lake, job.inputs)
+        files, _, _ = planning.input_files(lake, job.inputs)
         tid = executor.transform_hash(pipeline.spec.transform, pipeline.salt)
         expected = {executor.datum_hash(tid, d) for d in plan(pipeline.spec.input, files)}
         listed = {r[0] for r in records.get_datum_list(lake, "delta", job.id)}
@@ -616,9 +675,9 @@ def test_batching_logs_hold_only_their_own_datum(env: LakeEnv) -> None:
     assert job["processed"] == 6
     rows, logs = _records(env, job)
     assert len(rows) == 6 and len(logs) == 6
-    for h, _, _, _, label in rows:
-        name = label.removeprefix("in:/")
-        text = logs[h].decode()
+    for row in rows:
+        name = row.label.removeprefix("in:/")
+        text = logs[row.hash].decode()
         lines = text.splitlines()
         assert len(lines) == 4001, (name, len(lines))
         assert lines.count(f"err of {name}") == 1, name
@@ -654,11 +713,11 @@ def test_every_failed_datum_is_recorded_and_counted(env: LakeEnv) -> None:
     assert failed_metric() - before == 2
     assert "and 1 more failed datum(s)" in (job.error or "")
     rows = records.get_datum_list(lake, "bothfail", job.id)
-    assert sorted(r[1] for r in rows) == ["failed", "failed"]
-    for h, _, _, _, label in rows:
+    assert sorted(r.state for r in rows) == ["failed", "failed"]
+    for h, label in ((r.hash, r.label) for r in rows):
         rec = records.get_datum(lake, "bothfail", h)
-        assert rec is not None and rec["state"] == "failed" and rec["job"] == job.id
-        log = lake.objects.get(rec["log"]).decode()
+        assert rec is not None and rec.state == "failed" and rec.job == job.id
+        log = lake.objects.get(rec.log).decode()
         assert f"bad {label.removeprefix('in:/')}" in log and "exited with status 4" in log
 
 
@@ -687,7 +746,6 @@ def test_batching_jobs_leave_no_threads_behind(env: LakeEnv) -> None:
 @pytest.fixture
 def claims_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LakeEnv:
     monkeypatch.setattr(records, "STALE_AFTER_S", 1.0)
-    monkeypatch.setattr(executor, "HEARTBEAT_S", 0.1)
     e = make_env(tmp_path, None)
     e.run("init")
     src = tmp_path / "src"
@@ -708,15 +766,17 @@ def claims_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LakeEnv:
 
 def _stall_planning(monkeypatch: pytest.MonkeyPatch, seconds: float) -> threading.Event:
     """Make the runner sit in planning for `seconds`; the event is set when it gets there."""
+    from cowfs.pipelines import planning as planning_mod
+
     planning = threading.Event()
-    real = executor._input_files
+    real = planning_mod.input_files
 
     def slow(lake, inputs):  # noqa: ANN001, ANN202
         planning.set()
         time.sleep(seconds)
         return real(lake, inputs)
 
-    monkeypatch.setattr(executor, "_input_files", slow)
+    monkeypatch.setattr(planning_mod, "input_files", slow)
     return planning
 
 
@@ -739,40 +799,41 @@ def test_a_job_stalled_in_planning_keeps_its_heartbeat_and_is_not_taken_over(
 ) -> None:
     lake = claims_env.lake()
     planning = _stall_planning(monkeypatch, 2.5 * records.STALE_AFTER_S)
-    t, out = _run_in_thread(lake, executor.RunOptions(force=False))
+    t, out = _run_in_thread(lake, executor.RunOptions(force=False, heartbeat_s=0.1))
     assert planning.wait(10)
     time.sleep(1.5 * records.STALE_AFTER_S)  # well past the takeover timeout, still planning
     state = records.get_state(lake, "up")
-    assert state["state"] == "running"
-    assert time.time() - state["heartbeat"] < records.STALE_AFTER_S
+    assert state.state == "running"
+    assert time.time() - state.heartbeat < records.STALE_AFTER_S
     # A daemon on another host (same store) sees a live owner and does not take the job over.
     pipeline = records.get_pipeline(lake, "up")
     fields = executor.job_fields(pipeline, executor.current_inputs(lake, pipeline))
     with monkeypatch.context() as m:
         m.setattr(records, "_host", lambda: "another-host")
-        assert records.owner_alive(state["owner"], state["heartbeat"], "other-daemon")
+        assert records.owner_alive(state.owner, state.heartbeat, "other-daemon")
         with pytest.raises(Conflict, match="is running job"):
             records.claim(lake, "up", fields, "other-daemon", force=False)
     t.join(30)
     assert "error" not in out, out
     job = out["job"]
     assert job.state == "success" and job.processed == 3, job.error
-    assert records.get_state(lake, "up")["state"] == "success"
+    assert records.get_state(lake, "up").state == "success"
 
 
 def test_a_runner_that_lost_its_claim_does_not_move_the_output_branch(
     claims_env: LakeEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     lake = claims_env.lake()
-    monkeypatch.setattr(executor, "HEARTBEAT_S", 60.0)  # the fence alone must catch it
     planning = _stall_planning(monkeypatch, 1.0)
     said: list[str] = []
-    t, out = _run_in_thread(lake, executor.RunOptions(say=said.append))
+    # A slow heartbeat: the fence alone must catch it.
+    t, out = _run_in_thread(lake, executor.RunOptions(say=said.append, heartbeat_s=60.0))
     assert planning.wait(10)
     # Another runner takes the job over meanwhile (as after a partition hid this runner).
     state = records.get_state(lake, "up")
-    mine = state["job"]
-    taken = {**state, "job": "f" * 32, "owner": {**state["owner"], "instance": "usurper"}}
+    mine = state.job
+    taken = {**state.to_record(), "job": "f" * 32}
+    taken["owner"] = {**state.owner, "instance": "usurper"}
     lake.objects.put(records.state_key("up"), json.dumps(taken, sort_keys=True).encode())
     with caplog.at_level("WARNING", logger="cowfs.pipelines"):
         t.join(30)
@@ -784,7 +845,7 @@ def test_a_runner_that_lost_its_claim_does_not_move_the_output_branch(
     assert any("lost its claim" in s for s in said)
     assert lake.head("up", "main") is None  # no output commit
     st = records.get_state(lake, "up")
-    assert st["job"] == "f" * 32 and st["state"] == "running"  # the new owner's claim stands
+    assert st.job == "f" * 32 and st.state == "running"  # the new owner's claim stands
     job = records.get_job(lake, "up", mine)
     assert job.state == "restarted" and job.output_commit is None
 
@@ -808,10 +869,10 @@ def test_a_live_pid_with_another_start_time_is_a_dead_runner(claims_env: LakeEnv
         state = {**fields, "job": old_id, "state": "running", "owner": reused}
         state["heartbeat"] = time.time()
         lake.objects.put(records.state_key("up"), json.dumps(state, sort_keys=True).encode())
-        job = executor.run_job(lake, "up", executor.RunOptions(force=False))
+        job = executor.run_job(lake, "up", executor.RunOptions(force=False, heartbeat_s=0.1))
         assert job is not None and job.state == "success", job and job.error
         assert job.restarts == old_id
-        assert records.get_state(lake, "up")["job"] == job.id
+        assert records.get_state(lake, "up").job == job.id
     finally:
         sleeper.kill()
         sleeper.wait()

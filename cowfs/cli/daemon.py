@@ -47,6 +47,13 @@ from cowfs.errors import UsageError
 )
 @click.option("--no-watch", is_flag=True, help="Do not run pipelines (mount and metrics only).")
 @click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="ADDRESS",
+    help="Run pipelines that name no runner on this Ray cluster (auto, HOST:PORT, ray://...).",
+)
+@click.option(
     "--cleanup",
     is_flag=True,
     help="Only unmount a mount a dead daemon left behind, then exit (ExecStopPost).",
@@ -60,6 +67,7 @@ def daemon(
     poll_interval: float | None,
     s3_listen: str | None,
     no_watch: bool,
+    ray_address: str | None,
     cleanup: bool,
 ) -> None:
     """Run the watcher (jobs start when input branches move), /metrics, and optionally the mount.
@@ -77,6 +85,7 @@ def daemon(
         poll_interval=poll_interval,
         watch=False if no_watch else None,
         s3=s3_listen,
+        ray=ray_address,
     )
     if cfg.poll_interval <= 0:
         raise UsageError("--poll-interval must be positive")

@@ -46,14 +46,14 @@ def _warn_image(spec: spec_mod.PipelineSpec) -> None:
 
 
 def _pipeline_row(lake, p: records.Pipeline) -> dict:
-    st = records.get_state(lake, p.name) or {}
+    st = records.get_state(lake, p.name)
     return {
         "name": p.name,
         "version": p.version,
         "inputs": [f"{i.repo}@{i.branch}:{i.glob}" for i in p.spec.pfs_inputs()],
         "output": f"{p.name}@{p.spec.output_branch}",
-        "last_job": st.get("job"),
-        "state": st.get("state", "idle"),
+        "last_job": st.job if st else None,
+        "state": st.state if st else "idle",
         "created": p.created,
         "updated": p.updated,
     }
@@ -136,12 +136,28 @@ def pipeline_delete(ctx: Context, name: str, keep_repo: bool) -> None:
 
 @pipeline.command("run")
 @click.argument("name")
+@click.option(
+    "--runner",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Where the datums run [the spec's runner, else local].",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDRESS",
+    help="The Ray cluster when the spec names none [auto: RAY_ADDRESS or the local one].",
+)
 @json_option
 @pass_ctx
-def pipeline_run(ctx: Context, name: str, as_json: bool) -> None:
+def pipeline_run(
+    ctx: Context, name: str, runner: str | None, ray_address: str | None, as_json: bool
+) -> None:
     """Run one job now, in the foreground, without the daemon. Exits 1 if the job fails."""
     lake = ctx.lake()
-    opts = RunOptions(force=True, say=lambda s: click.echo(s, err=True))
+    opts = RunOptions(
+        force=True, say=lambda s: click.echo(s, err=True), runner=runner, ray_address=ray_address
+    )
     job = run_job(lake, name, opts)
     if job is None:
         raise UsageError(f"pipeline {name} has no input commits yet: put data into its inputs")
@@ -237,7 +253,14 @@ def datum_list(ctx: Context, job_id: str, as_json: bool) -> None:
     lake = ctx.lake()
     j = records.find_job(lake, job_id)
     rows = [
-        {"id": r[0], "state": r[1], "tries": r[2], "seconds": r[3], "inputs": r[4]}
+        {
+            "id": r.hash,
+            "state": r.state,
+            "tries": r.tries,
+            "seconds": r.seconds,
+            "inputs": r.label,
+            "node": r.node or None,
+        }
         for r in records.get_datum_list(lake, j.pipeline, j.id)
     ]
     if as_json:

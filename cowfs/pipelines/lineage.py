@@ -118,8 +118,8 @@ def wait_pending(lake: Lake, global_id: str) -> tuple[list[Commit], list[str]]:
         if not finished_ins:
             settled[name] = True
             return True
-        state = records.get_state(lake, name) or {}
-        processed = state.get("inputs", {})
+        state = records.get_state(lake, name)
+        processed = state.inputs if state else {}
         for inp, _ in ins:
             g = next((c for c in by_repo[inp.repo] if c.state == "finished"), None)
             pc = processed.get(inp.name)

@@ -34,6 +34,7 @@ from cowfs.layout import (
     pipeline_key,
 )
 from cowfs.layout import pipeline_state_key as state_key
+from cowfs.pipelines.results import DatumRecord, DatumRow
 from cowfs.pipelines.spec import PipelineSpec, parse
 
 #: A running job whose owner on another machine has not beaten its heart for this long is dead.
@@ -109,6 +110,8 @@ def check_graph(lake: Lake, spec: PipelineSpec, others: list[Pipeline]) -> None:
     """Inputs must exist and no pipeline may, through others, read its own output."""
     missing = []
     for inp in spec.pfs_inputs():
+        if inp.cron is not None:
+            continue  # the pipeline's own tick repo, made with it
         try:
             lake.repo(inp.repo)
         except NotFound:
@@ -151,7 +154,17 @@ def create_pipeline(lake: Lake, spec: PipelineSpec) -> Pipeline:
     if not lake.objects.swap(pipeline_key(spec.name), data, None):
         raise AlreadyExists(f"pipeline {spec.name} was just created by someone else")
     lake.create_repo(spec.name, f"output of pipeline {spec.name}")
+    _create_tick_repos(lake, spec)
     return p
+
+
+def _create_tick_repos(lake: Lake, spec: PipelineSpec) -> None:
+    for inp in spec.pfs_inputs():
+        if inp.cron is not None:
+            try:
+                lake.repo(inp.repo)
+            except NotFound:
+                lake.create_repo(inp.repo, f"ticks of cron input {inp.name} of {spec.name}")
 
 
 def update_pipeline(lake: Lake, spec: PipelineSpec, reprocess: bool = False) -> Pipeline:
@@ -166,21 +179,23 @@ def update_pipeline(lake: Lake, spec: PipelineSpec, reprocess: bool = False) -> 
     data = json.dumps(p.to_record(), sort_keys=True).encode()
     if not lake.objects.swap(pipeline_key(spec.name), data, current.token):
         raise Conflict(f"pipeline {spec.name} was updated by someone else meanwhile: retry")
+    _create_tick_repos(lake, spec)
     return p
 
 
 def delete_pipeline(lake: Lake, name: str, keep_repo: bool = False) -> None:
-    get_pipeline(lake, name)
+    ticks = [i.repo for i in get_pipeline(lake, name).spec.pfs_inputs() if i.cron is not None]
     lake.objects.delete(pipeline_key(name))
     for prefix in layout.pipeline_owned_prefixes(name):
         for key, _ in lake.objects.list(prefix):
             lake.objects.delete(key)
     lake.objects.delete(state_key(name))
     if not keep_repo:
-        try:
-            lake.delete_repo(name)
-        except NotFound:
-            pass
+        for repo in [name, *ticks]:
+            try:
+                lake.delete_repo(repo)
+            except NotFound:
+                pass
 
 
 # --- jobs ----------------------------------------------------------------------------------------
@@ -298,7 +313,9 @@ def process_start(pid: int) -> int | None:
         return None
 
 
-def owner_alive(owner: dict, heartbeat: float | None, instance: str) -> bool:
+def owner_alive(
+    owner: dict, heartbeat: float | None, instance: str, stale_after: float | None = None
+) -> bool:
     """Whether the process that claimed a job may still be running it.
 
     On this host and boot: its pid exists and, when the owner recorded its start time, that
@@ -322,16 +339,51 @@ def owner_alive(owner: dict, heartbeat: float | None, instance: str) -> bool:
             # Gone since the kill above, or /proc hides it: only the former is proof of death.
             return os.path.exists(f"/proc/{int(pid)}")
         return now == start
-    return heartbeat is not None and time.time() - heartbeat < STALE_AFTER_S
+    limit = STALE_AFTER_S if stale_after is None else stale_after
+    return heartbeat is not None and time.time() - heartbeat < limit
 
 
-def get_state(lake: Lake, name: str) -> dict | None:
-    return _get(lake, state_key(name))
+@dataclass
+class ClaimState:
+    """`pipeline-state/<name>`: the claim on a pipeline, naming the job running or run last."""
+
+    key: str
+    version: int
+    inputs: dict[str, str | None]
+    job: str
+    state: str  # running | success | failed | interrupted
+    owner: dict
+    heartbeat: float | None = None
+    finished: float | None = None
+
+    @classmethod
+    def from_record(cls, d: dict) -> ClaimState:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_record(self) -> dict:
+        d = asdict(self)
+        if d["finished"] is None:
+            del d["finished"]
+        return d
+
+    def alive(self, instance: str, stale_after: float | None = None) -> bool:
+        return owner_alive(self.owner, self.heartbeat, instance, stale_after)
+
+
+def get_state(lake: Lake, name: str) -> ClaimState | None:
+    d = _get(lake, state_key(name))
+    return ClaimState.from_record(d) if d is not None else None
 
 
 def claim(
-    lake: Lake, name: str, fields: dict, instance: str, force: bool
-) -> tuple[str, dict | None]:
+    lake: Lake,
+    name: str,
+    fields: dict,
+    instance: str,
+    force: bool,
+    stale_after: float | None = None,
+) -> tuple[str, ClaimState | None]:
     """Take the pipeline for one job by compare-and-swap, so two daemons never run it twice.
 
     Refuses (Conflict) while a live owner runs a job; a job left running by a dead owner is
@@ -339,20 +391,20 @@ def claim(
     Returns the new job id and the state it replaced.
     """
     current = lake.objects.get_versioned(state_key(name))
-    old = json.loads(current.data) if current else None
-    if old is not None and old.get("state") == "running":
-        if owner_alive(old.get("owner", {}), old.get("heartbeat"), instance):
+    old = ClaimState.from_record(json.loads(current.data)) if current else None
+    if old is not None and old.state == "running":
+        if old.alive(instance, stale_after):
             raise Conflict(
-                f"pipeline {name} is running job {old.get('job')} "
-                f"(pid {old.get('owner', {}).get('pid')} on {old.get('owner', {}).get('host')})"
+                f"pipeline {name} is running job {old.job} "
+                f"(pid {old.owner.get('pid')} on {old.owner.get('host')})"
             )
     elif (
         old is not None
         and not force
-        and old.get("key") == fields.get("key")
-        and old.get("state") in ("success", "failed")
+        and old.key == fields.get("key")
+        and old.state in ("success", "failed")
     ):
-        raise Conflict(f"pipeline {name} already ran job {old.get('job')} for these inputs")
+        raise Conflict(f"pipeline {name} already ran job {old.job} for these inputs")
     job_id = new_job_id()
     new = {
         **fields,
@@ -371,11 +423,11 @@ class ClaimLost(Conflict):
     """This runner's job was taken over by another runner: it must not commit or record."""
 
 
-def holds(state: dict | None, job_id: str, instance: str | None) -> bool:
+def holds(state: ClaimState | None, job_id: str, instance: str | None) -> bool:
     """Whether a state record is still the claim of `job_id` by the runner `instance`."""
-    if state is None or state.get("job") != job_id:
+    if state is None or state.job != job_id:
         return False
-    return instance is None or state.get("owner", {}).get("instance") == instance
+    return instance is None or state.owner.get("instance") == instance
 
 
 def set_state(
@@ -389,7 +441,7 @@ def set_state(
         if current is None:
             return False
         st = json.loads(current.data)
-        if not holds(st, job_id, instance):
+        if not holds(ClaimState.from_record(st), job_id, instance):
             return False
         st.update(changes)
         data = json.dumps(st, sort_keys=True).encode()
@@ -401,27 +453,28 @@ def set_state(
 # --- datums and logs -----------------------------------------------------------------------------
 
 
-def get_datum(lake: Lake, pipeline: str, datum: str) -> dict | None:
-    return _get(lake, datum_key(pipeline, datum))
+def get_datum(lake: Lake, pipeline: str, datum: str) -> DatumRecord | None:
+    d = _get(lake, datum_key(pipeline, datum))
+    return DatumRecord.from_json(d) if d is not None else None
 
 
-def put_datum(lake: Lake, pipeline: str, record: dict) -> None:
-    _put(lake, datum_key(pipeline, record["hash"]), record)
+def put_datum(lake: Lake, pipeline: str, record: DatumRecord) -> None:
+    _put(lake, datum_key(pipeline, record.hash), record.to_json())
 
 
-def put_datum_list(lake: Lake, pipeline: str, job: str, rows: list[list]) -> None:
-    """Rows `[hash, state, tries, seconds, label]` (label: a short string naming the datum's
-    files, for `datum list`, not its full input paths): one object for the whole job."""
-    lake.objects.put(
-        datum_list_key(pipeline, job), json.dumps(rows, separators=(",", ":")).encode()
-    )
+def put_datum_list(lake: Lake, pipeline: str, job: str, rows: list[DatumRow]) -> None:
+    """Rows `[hash, state, tries, seconds, label(, node)]` (label: a short string naming the
+    datum's files, for `datum list`, not its full input paths): one object for the whole job."""
+    data = json.dumps([r.to_json() for r in rows], separators=(",", ":")).encode()
+    lake.objects.put(datum_list_key(pipeline, job), data)
 
 
-def get_datum_list(lake: Lake, pipeline: str, job: str) -> list[list]:
+def get_datum_list(lake: Lake, pipeline: str, job: str) -> list[DatumRow]:
     try:
-        return json.loads(lake.objects.get(datum_list_key(pipeline, job)))
+        raw = json.loads(lake.objects.get(datum_list_key(pipeline, job)))
     except ObjectMissing:
         return []
+    return [DatumRow.from_json(r) for r in raw]
 
 
 def put_log(lake: Lake, pipeline: str, job: str, datum: str, data: bytes) -> str:

@@ -36,6 +36,7 @@ _TOP_FIELDS = (
     "resources",
     "resource_requests",
     "output_branch",
+    "runner",
 )
 _PFS_FIELDS = ("repo", "branch", "glob", "name", "join_on", "group_by", "outer_join")
 _TRANSFORM_FIELDS = ("cmd", "stdin", "env", "image")
@@ -65,6 +66,10 @@ class PfsInput:
     join_on: str | None = None
     group_by: str | None = None
     outer_join: bool = False
+    #: A cron input (`{cron: {name, spec}}`): the schedule. Its repo is `<pipeline>_<name>`,
+    #: written by the daemon at each tick, read with glob `/`.
+    cron: str | None = None
+    overwrite: bool = False  # cron: each tick replaces the file `time`, rather than adding one
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,21 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class RunnerSpec:
+    """Where a pipeline's datums run: `local` (this machine) or `ray` (a Ray cluster)."""
+
+    kind: str = "local"
+    address: str | None = None  # ray: "auto", "HOST:PORT", "ray://HOST:10001", or "local"
+    batch_size: int | None = None  # ray: datums per task; None: chosen per job
+
+    def to_dict(self) -> Any:
+        if self.kind == "local":
+            return "local"
+        opts = {"address": self.address, "batch_size": self.batch_size}
+        return {"ray": {k: v for k, v in opts.items() if v is not None}}
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     name: str
     input: InputNode
@@ -112,6 +132,7 @@ class PipelineSpec:
     datum_batching: bool = False
     resources: Resources = field(default_factory=Resources)
     output_branch: str = DEFAULT_BRANCH
+    runner: RunnerSpec | None = None
 
     def pfs_inputs(self) -> list[PfsInput]:
         return list(iter_pfs(self.input))
@@ -134,6 +155,8 @@ class PipelineSpec:
         res = {k: v for k, v in vars(self.resources).items() if v is not None}
         if res:
             out["resources"] = res
+        if self.runner is not None:
+            out["runner"] = self.runner.to_dict()
         return out
 
 
@@ -162,6 +185,11 @@ def _pfs_paths(node: InputNode, where: str) -> list[tuple[str, PfsInput]]:
 
 
 def input_to_dict(node: InputNode) -> dict[str, Any]:
+    if isinstance(node, PfsInput) and node.cron is not None:
+        c: dict[str, Any] = {"name": node.name, "spec": node.cron}
+        if node.overwrite:
+            c["overwrite"] = True
+        return {"cron": c}
     if isinstance(node, PfsInput):
         d: dict[str, Any] = {
             "repo": node.repo,
@@ -206,7 +234,7 @@ def parse(data: dict[str, Any]) -> PipelineSpec:
     if "input" not in data:
         p.add("input", "is required, e.g. {pfs: {repo: images, glob: '/*'}}")
     else:
-        node = _input(data["input"], "input", None, p)
+        node = _input(data["input"], "input", None, p, name or "")
     transform = _transform(data.get("transform"), p)
     parallelism = data.get("parallelism", 1)
     if "parallelism_spec" in data:
@@ -229,6 +257,7 @@ def parse(data: dict[str, Any]) -> PipelineSpec:
             "code in transform.cmd (e.g. [python3, -c, ...])",
         )
     resources = _resources(data.get("resources", data.get("resource_requests")), p)
+    runner = _runner(data.get("runner"), p)
     out_branch = data.get("output_branch", DEFAULT_BRANCH)
     if not isinstance(out_branch, str) or not _valid_name(out_branch):
         p.add("output_branch", f"must be a branch name: {NAME_RULE}")
@@ -269,6 +298,7 @@ def parse(data: dict[str, Any]) -> PipelineSpec:
         datum_batching=batching,
         resources=resources,
         output_branch=out_branch,
+        runner=runner,
     )
 
 
@@ -324,18 +354,25 @@ def _pipeline_name(raw: Any, p: _Problems) -> str | None:
     return raw
 
 
-def _input(raw: Any, where: str, parent: str | None, p: _Problems) -> InputNode | None:
+def _input(
+    raw: Any, where: str, parent: str | None, p: _Problems, pipeline: str
+) -> InputNode | None:
     if not isinstance(raw, dict):
-        p.add(where, "must be a mapping with one of pfs, cross, union, join, group")
+        p.add(where, "must be a mapping with one of pfs, cron, cross, union, join, group")
         return None
-    kinds = [k for k in ("pfs", *_COMBOS) if k in raw]
-    p.unknown(raw, ("pfs", *_COMBOS), where)
+    kinds = [k for k in ("pfs", "cron", *_COMBOS) if k in raw]
+    p.unknown(raw, ("pfs", "cron", *_COMBOS), where)
     if len(kinds) != 1:
-        p.add(where, f"needs exactly one of pfs, cross, union, join, group; got {kinds or 'none'}")
+        p.add(
+            where,
+            f"needs exactly one of pfs, cron, cross, union, join, group; got {kinds or 'none'}",
+        )
         return None
     kind = kinds[0]
     if kind == "pfs":
         return _pfs(raw["pfs"], f"{where}.pfs", parent, p)
+    if kind == "cron":
+        return _cron(raw["cron"], f"{where}.cron", p, pipeline)
     items = raw[kind]
     if not isinstance(items, list) or not items:
         p.add(f"{where}.{kind}", "must be a non-empty list of inputs")
@@ -346,7 +383,7 @@ def _input(raw: Any, where: str, parent: str | None, p: _Problems) -> InputNode 
         if kind in ("join", "group") and not (isinstance(item, dict) and "pfs" in item):
             p.add(w, f"every input of a {kind} must be a pfs input")
             continue
-        child = _input(item, w, kind, p)
+        child = _input(item, w, kind, p, pipeline)
         if child is not None:
             children.append(child)
     if len(children) != len(items):
@@ -465,19 +502,25 @@ def _transform(raw: Any, p: _Problems) -> Transform | None:
     )
 
 
+def parse_duration(text: str) -> float | None:
+    """`"1m30s"`, `"500ms"`, `"2h"`: seconds, or None when it is not such a duration."""
+    text = text.strip().lower()
+    parts = _DURATION.findall(text)
+    if parts and "".join(n + u for n, u in parts) == text:
+        mult = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+        total = sum(float(n) * mult[u] for n, u in parts)
+        if total > 0:
+            return total
+    return None
+
+
 def _duration(raw: Any, p: _Problems) -> float | None:
     if raw is None:
         return None
     if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0:
         return float(raw)
-    if isinstance(raw, str):
-        text = raw.strip().lower()
-        parts = _DURATION.findall(text)
-        if parts and "".join(n + u for n, u in parts) == text:
-            mult = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-            total = sum(float(n) * mult[u] for n, u in parts)
-            if total > 0:
-                return total
+    if isinstance(raw, str) and parse_duration(raw) is not None:
+        return parse_duration(raw)
     p.add("datum_timeout", f"must be seconds or a duration like '30s', '5m', '1h', got {raw!r}")
     return None
 
@@ -519,3 +562,68 @@ def _resources(raw: Any, p: _Problems) -> Resources:
         p.add("resources.gpu", f"must be a number of GPUs, got {raw.get('gpu')!r}")
         gpu = None
     return Resources(float(cpu) if cpu is not None else None, memory, gpu)
+
+
+def _runner(raw: Any, p: _Problems) -> RunnerSpec | None:
+    if raw is None:
+        return None
+    if raw == "local" or raw == {"local": {}} or raw == {"local": None}:
+        return RunnerSpec("local")
+    if raw == "ray":
+        return RunnerSpec("ray", "auto")
+    if not isinstance(raw, dict) or list(raw) != ["ray"]:
+        p.add("runner", f"must be 'local' or {{ray: {{address: ...}}}}, got {raw!r}")
+        return None
+    opts = raw["ray"] or {}
+    if not isinstance(opts, dict):
+        p.add("runner.ray", "must be a mapping with address and batch_size")
+        return None
+    p.unknown(opts, ("address", "batch_size"), "runner.ray")
+    address = opts.get("address", "auto")
+    if not isinstance(address, str) or not address.strip():
+        p.add(
+            "runner.ray.address",
+            f"must be 'auto', 'local', HOST:PORT or ray://HOST:PORT, got {address!r}",
+        )
+        address = "auto"
+    batch = opts.get("batch_size")
+    if batch is not None:
+        batch = p.int_at_least(batch, 1, "runner.ray.batch_size")
+    return RunnerSpec("ray", address.strip(), batch)
+
+
+def _cron(raw: Any, where: str, p: _Problems, pipeline: str) -> PfsInput | None:
+    from cowfs.pipelines.cron import CronError, Schedule
+
+    if not isinstance(raw, dict):
+        p.add(where, "must be a mapping with name and spec, e.g. {name: tick, spec: '@every 1m'}")
+        return None
+    p.unknown(raw, ("name", "spec", "overwrite"), where)
+    ok = True
+    name = raw.get("name")
+    if not isinstance(name, str) or not _INPUT_NAME.fullmatch(name) or name == "out":
+        p.add(
+            f"{where}.name", f"is required: letters, digits, '_' and '-', not 'out'; got {name!r}"
+        )
+        ok = False
+    sched = raw.get("spec")
+    if not isinstance(sched, str):
+        p.add(f"{where}.spec", "is required: a cron expression ('*/10 * * * *') or '@every 30s'")
+        ok = False
+    else:
+        try:
+            Schedule.parse(sched)
+        except CronError as e:
+            p.add(f"{where}.spec", str(e))
+            ok = False
+    overwrite = raw.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        p.add(f"{where}.overwrite", "must be true or false")
+        ok = False
+    repo = f"{pipeline}_{name}"
+    if ok and not _valid_name(repo):
+        p.add(f"{where}.name", f"makes the repo name {repo!r}, which is not valid: {NAME_RULE}")
+        ok = False
+    if not ok:
+        return None
+    return PfsInput(name, repo, DEFAULT_BRANCH, "/", cron=sched.strip(), overwrite=overwrite)

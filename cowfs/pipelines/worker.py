@@ -68,6 +68,16 @@ class Worker:
         self.batch = spec.datum_batching
         self.argv, self.env = build(sandbox, spec, root, input_names, self.batch)
         self.inside = sandbox.kind != "direct"
+        self.user = sandbox.user
+        self.direct = sandbox.kind == "direct"
+        if self.user is not None:
+            # The code's user owns only what it writes: the output, the control directory
+            # (the FIFO) and, when direct, its home; the rest stays the runner's, read-only.
+            for d in (self.out, root / "ctl", root / "home"):
+                if d.exists():
+                    os.chown(d, *self.user)
+            for d in (root, root.parent):
+                os.chmod(d, os.stat(d).st_mode | 0o111)  # passable, not listable
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         # batch mode
@@ -102,7 +112,15 @@ class Worker:
             return self._run_batched(datum_id, timeout)
         return self._run_once(timeout)
 
+    def own(self, path: Path) -> None:
+        """Give an input the code's user, so input files of any mode stay readable to it (the
+        inputs are bound read-only, so owning them grants no writing)."""
+        if self.user is not None:
+            os.chown(path, *self.user, follow_symlinks=False)
+
     def _spawn(self, stdin: int) -> subprocess.Popen:
+        # Direct mode has no setpriv step: the process itself is started as the user.
+        user = self.user if self.direct else None
         return subprocess.Popen(
             self.argv,
             env=self.env,
@@ -111,6 +129,9 @@ class Worker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=str(self.pfs),
+            user=user[0] if user else None,
+            group=user[1] if user else None,
+            extra_groups=[] if user else None,
         )
 
     def _run_once(self, timeout: float | None) -> Attempt:
@@ -173,6 +194,8 @@ class Worker:
         if self._fifo_fd is None:
             if not fifo.exists():
                 os.mkfifo(fifo)
+                if self.user is not None:
+                    os.chown(fifo, *self.user)
             # Read-write so the FIFO never reports end-of-file between writers, and opening it
             # does not wait for one; non-blocking so a read never outlives the worker.
             self._fifo_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)

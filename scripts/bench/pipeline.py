@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
-"""Pipeline benchmark: 10,000 small files through a batching Python transform.
+"""Pipeline benchmark: 10,000 small files through a batching Python transform, then the local
+runner against the Ray runner.
 
 Measures the first (full) job, the job after adding one file, and the latency from `cowfs put`
 returning to the output commit being finished through a running daemon. Prints datums/s and the
-incremental-to-full ratio. One command, no arguments needed:
+incremental-to-full ratio. Then (unless --no-ray) the same machine's two cores as a two-node Ray
+cluster (`ray.cluster_utils.Cluster`, one CPU per node) against the local runner with
+parallelism 2: 10,000 trivial datums (batching transform) and 200 datums of ~0.2 s CPU each,
+printing datums/s, Ray's overhead per datum with and without batching (batch_size 1), and the
+ratio to local. One command, no arguments needed:
 
-    python scripts/bench/pipeline.py [--files 10000] [--store URL] [--keep]
+    python scripts/bench/pipeline.py [--files 10000] [--store URL] [--keep] [--no-ray]
 """
 
 from __future__ import annotations
@@ -51,7 +56,15 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="store URL (default: a temporary folder)")
     ap.add_argument("--parallelism", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--no-ray", action="store_true", help="skip the local-vs-Ray comparison")
+    ap.add_argument("--only-ray", action="store_true", help="only the local-vs-Ray comparison")
+    ap.add_argument("--trivial", type=int, default=10_000, help="trivial datums (Ray part)")
+    ap.add_argument("--unbatched", type=int, default=100, help="of them, run one per task")
+    ap.add_argument("--cpu-datums", type=int, default=200, help="~0.2 s CPU datums (Ray part)")
     args = ap.parse_args()
+    if args.only_ray:
+        compare_runners(args)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="cowfs-bench-pipeline-"))
     env = dict(
@@ -137,6 +150,110 @@ def main() -> None:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    if not args.no_ray:
+        compare_runners(args)
+
+
+CPU_WORK = """
+import time
+from cowfs.pipelines import batch
+for d in batch.datums():
+    t = time.process_time() + 0.2
+    n = 0
+    while time.process_time() < t:
+        n += 1
+    for f in d.inputs["in"].iterdir():
+        (d.out / f.name).write_text(str(n))
+"""
+
+
+def compare_runners(args: argparse.Namespace) -> None:
+    """Local runner vs Ray (two nodes of one CPU each) on the same two cores, in-process."""
+    try:
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        print("Ray is not installed: pip install 'cowfs[ray]' for the runner comparison")
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    tmp = Path(tempfile.mkdtemp(prefix="cowfs-bench-runners-"))
+    os.environ.update(COWFS_CACHE_DIR=str(tmp / "cache"), COWFS_STATE_DIR=str(tmp / "state"))
+    from cowfs.lake import Lake
+    from cowfs.pipelines import executor, records
+    from cowfs.pipelines.spec import parse
+    from cowfs.snapshot import snapshot
+    from cowfs.tree import TreeView, empty_tree
+
+    cluster = Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes(timeout=300)
+    rows: list[tuple[str, int, float]] = []
+    try:
+        lake = Lake.open(str(tmp / "store"), create=True)
+        sets = {"trivial": args.trivial, "unbatched": args.unbatched, "cpu": args.cpu_datums}
+        for repo, n in sets.items():
+            src = tmp / repo
+            src.mkdir()
+            for i in range(n):
+                (src / f"f{i:05d}.txt").write_text(f"datum {i}\n")
+            lake.create_repo(repo)
+            empty = TreeView(lake.store, empty_tree(lake.store))
+            changes, _ = snapshot(lake.store, src, "", mirror=True, base=empty)
+            lake.commit(repo, "main", changes, "inputs")
+
+        def job(name: str, repo: str, code: str, runner: str, batch: int | None = None) -> None:
+            spec = {
+                "pipeline": name,
+                "input": {"pfs": {"repo": repo, "glob": "/*", "name": "in"}},
+                "transform": {"cmd": ["python3", "-c", code]},
+                "datum_batching": True,
+                "parallelism": 2,
+            }
+            if runner == "ray":
+                spec["runner"] = {"ray": {"address": cluster.address}}
+                if batch:
+                    spec["runner"]["ray"]["batch_size"] = batch
+            records.create_pipeline(lake, parse(spec))
+            j = executor.run_job(lake, name, executor.RunOptions())
+            assert j is not None and j.state == "success", j and j.error
+            rows.append((name, j.processed, j.seconds() or 0.0))
+            print(f"  {name:<22} {j.processed:>6} datums {j.seconds():8.2f} s", flush=True)
+
+        job("trivial-local", "trivial", TRANSFORM, "local")
+        job("trivial-ray-batched", "trivial", TRANSFORM, "ray")
+        job("unbatched-local", "unbatched", TRANSFORM, "local")
+        job("unbatched-ray-1-per-task", "unbatched", TRANSFORM, "ray", batch=1)
+        job("cpu-local", "cpu", CPU_WORK, "local")
+        job("cpu-ray", "cpu", CPU_WORK, "ray")
+    finally:
+        import ray
+
+        ray.shutdown()  # the driver first: Ray refuses to remove the node it is connected to
+        cluster.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    t = {name: (n, secs) for name, n, secs in rows}
+
+    def rate(name: str) -> float:
+        return t[name][0] / t[name][1]
+
+    def overhead_ms(ray: str, local: str) -> float:
+        return (t[ray][1] - t[local][1]) / t[ray][0] * 1000
+
+    print("\nlocal runner vs Ray, two nodes of one CPU on this machine's two cores")
+    print(f"{'case':<34} {'datums/s':>10} {'Ray overhead/datum':>20} {'Ray/local':>10}")
+    for ray, local, label in (
+        ("trivial-ray-batched", "trivial-local", "trivial, batched"),
+        ("unbatched-ray-1-per-task", "unbatched-local", "trivial, one datum per task"),
+        ("cpu-ray", "cpu-local", "0.2 s CPU datums"),
+    ):
+        print(f"{label + ' (local)':<34} {rate(local):>10,.1f}")
+        print(
+            f"{label + ' (ray)':<34} {rate(ray):>10,.1f} {overhead_ms(ray, local):>17.2f} ms "
+            f"{rate(ray) / rate(local):>9.2f}"
+        )
 
 
 if __name__ == "__main__":

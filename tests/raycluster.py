@@ -1,0 +1,39 @@
+"""One real multi-node Ray cluster for the whole test session (`ray.cluster_utils.Cluster`):
+a head and a second node that declares a GPU, each with a custom resource naming it, one CPU
+each so it fits a 2-core machine. Starting it takes tens of seconds on a loaded box, so every
+test that needs Ray shares it; tests that add nodes remove them again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+
+@dataclass
+class RayCluster:
+    cluster: Any  # ray.cluster_utils.Cluster
+    address: str
+    head_id: str
+    gpu_id: str
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    ray = pytest.importorskip("ray", reason="the Ray runner's tests need `pip install ray`")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": False},
+    )
+    gpu = cluster.add_node(num_cpus=1, num_gpus=1, resources={"gpu_node": 1})
+    cluster.wait_for_nodes(timeout=120)
+    try:
+        yield RayCluster(cluster, cluster.address, cluster.head_node.node_id, gpu.node_id)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
