@@ -89,18 +89,23 @@ def _json(lake: Lake, key: str) -> dict | None:
         return None
 
 
-def find_roots(lake: Lake, now: float, keep_s: float | None) -> set[str]:
+def find_roots(
+    lake: Lake, now: float, keep_s: float | None, commits: dict[str, int] | None = None
+) -> set[str]:
     """Keys every live object is reached from: branch heads, tags, every commit (or with
-    retention, every commit younger than `keep_s`), pipeline records, and holds."""
+    retention, every commit younger than `keep_s`), pipeline records, and holds. `commits`,
+    when given, receives the commit listing, which the collector then need not list again."""
     objects = lake.objects
     roots: set[str] = set()
+    commits = {} if commits is None else commits
     for prefix in (layout.REFS, layout.TAGS):
         for key, _ in objects.list(prefix):
             d = _json(lake, key)
             if d and "commit" in d:
                 repo = key[len(prefix) :].rpartition("/")[0]
                 roots.add(layout.commit_key(repo, d["commit"]))
-    for key, _ in objects.list(layout.COMMITS):
+    for key, size in objects.list(layout.COMMITS):
+        commits[key] = size
         if keep_s is None:
             roots.add(key)
             continue
@@ -164,12 +169,12 @@ def mark(
     return marked, missing
 
 
-def list_collectable(lake: Lake, with_commits: bool) -> dict[str, int]:
-    """Every commit (with retention), tree node and chunk, listed in that order: an object is
-    written before anything that refers to it, so whatever a listed object reaches is listed."""
-    out: dict[str, int] = {}
-    prefixes = ([layout.COMMITS] if with_commits else []) + [layout.TREES, layout.CHUNKS]
-    for prefix in prefixes:
+def list_collectable(lake: Lake, commits: dict[str, int] | None) -> dict[str, int]:
+    """Every commit (with retention: the listing `find_roots` made), tree node and chunk,
+    listed in that order: an object is written before anything that refers to it, so whatever
+    a listed object reaches is listed."""
+    out: dict[str, int] = dict(commits or {})
+    for prefix in (layout.TREES, layout.CHUNKS):
         for key, size in lake.objects.list(prefix):
             out[key] = size
     return out
@@ -196,9 +201,11 @@ def plan_run(lake: Lake, opts: GcOptions, progress: Progress | None = None) -> R
     """Mark and list: nothing is written."""
     started = time.time()
     prev = _previous(lake)
-    roots = find_roots(lake, started, opts.keep_commits_since_s)
+    commits: dict[str, int] = {}
+    roots = find_roots(lake, started, opts.keep_commits_since_s, commits)
     marked, missing = mark(lake, roots, progress)
-    listed = list_collectable(lake, opts.keep_commits_since_s is not None)
+    retention = opts.keep_commits_since_s is not None
+    listed = list_collectable(lake, commits if retention else None)
     candidates = frozenset(k for k in listed if k not in marked)
     if prev is not None and started - prev.published >= opts.grace_s:
         sweep = candidates & prev.candidates
@@ -242,6 +249,7 @@ def sweep(lake: Lake, rec: gcstate.RunRecord, report: GcReport, sizes: dict[str,
             report.commits_dropped += 1
         objects.delete(key)
         lake.store.index.forget_present(key)
+        lake.store.index.forget_blob(key)
         deleted.add(key)
         report.swept += 1
         report.swept_bytes += sizes.get(key, 0)
@@ -258,9 +266,9 @@ def _drop_commit_markers(lake: Lake, key: str) -> None:
         c = Commit.from_record(json.loads(lake.objects.get(key)))
     except (ObjectMissing, ValueError):
         return
-    lake.objects.delete(layout.global_key(c.global_id or cid, repo, cid))
-    for p in c.provenance:
-        lake.objects.delete(layout.downstream_key(p.repo, p.commit, repo, cid))
+    inputs = [(p.repo, p.commit) for p in c.provenance]
+    for marker in layout.commit_marker_keys(repo, cid, c.global_id, inputs):
+        lake.objects.delete(marker)
     for marker, _ in lake.objects.list(layout.downstream_prefix(repo, cid)):
         lake.objects.delete(marker)
 

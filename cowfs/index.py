@@ -98,6 +98,12 @@ class Index:
         instead of LMDB pages faulted in one by one once the page cache has been dropped."""
         return self._files / key if key.startswith(_FILE_PREFIX) else None
 
+    def chunk_file(self, key: str) -> Path | None:
+        """The cached plain file of chunk `key`, if the cache holds one (for sub-chunk reads:
+        `cowfs.chunkfiles`); it may be evicted at any moment after."""
+        path = self._file(key)
+        return path if path is not None and path.is_file() else None
+
     def get_blob(self, key: str) -> bytes | None:
         k = key.encode()
         path = self._file(key)
@@ -266,6 +272,26 @@ class Index:
             if txn.stat(self._doubt)["entries"] == 0:
                 return set()
             return {k for k in keys if txn.get(k.encode(), db=self._doubt) is not None}
+
+    def check_keys(self, keys: list[str]) -> tuple[set[str], set[str]]:
+        """(doubted, not known present) among `keys`, in one read transaction."""
+        now = time.time()
+        doubted: set[str] = set()
+        absent: set[str] = set()
+        with self.env.begin() as txn:
+            any_doubt = txn.stat(self._doubt)["entries"] > 0
+            for k in keys:
+                b = k.encode()
+                if any_doubt and txn.get(b, db=self._doubt) is not None:
+                    doubted.add(k)
+                raw = txn.get(b, db=self._present)
+                if raw is None or now - struct.unpack("<Q", raw)[0] >= PRESENT_TTL_S:
+                    absent.add(k)
+        return doubted, absent
+
+    def any_doubts(self) -> bool:
+        with self.env.begin() as txn:
+            return txn.stat(self._doubt)["entries"] > 0
 
     def clear_doubt(self, key: str) -> None:
         with self.env.begin(write=True) as txn:

@@ -1,7 +1,10 @@
 """The lake: repos, branches and commits over a `Store`. This is the Python API.
 
 Branch heads are the only mutable objects; every move is a compare-and-swap on the ref, retried
-by re-applying the writer's `ChangeSet` to the new head when another writer won.
+by re-applying the writer's `ChangeSet` to the new head when another writer won. Refs and commits
+belong to one incarnation of their repo (`cowfs.repos`): a writer re-reads the repo record after
+its swap and undoes its commit if a delete got there first, and readers ignore whatever another
+incarnation left behind.
 """
 
 from __future__ import annotations
@@ -99,9 +102,13 @@ class Lake:
         v = self.objects.get_versioned(repo_key(name))
         return None if v is None else (parse_repo_record(repo_key(name), v.data), v)
 
-    def repo_record(self, name: str) -> RepoRecord:
+    def repo_record(self, name: str, deleting_ok: bool = False) -> RepoRecord:
+        """The live repo's record; with `deleting_ok`, also one a delete has marked (so that
+        the delete can be finished)."""
         check_name(name, "repo name")
         got = self._read_repo(name)
+        if got is not None and got[0].deleting and deleting_ok:
+            return got[0]
         if got is None or got[0].deleting:
             self._incs[name] = (time.monotonic(), None)
             raise NotFound(f"no repo named {name}: see `cowfs repo list`")

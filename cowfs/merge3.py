@@ -62,6 +62,7 @@ class MergeConflicts(CowfsError):
     def __init__(self, message: str, conflicts: list[MergeConflict]) -> None:
         super().__init__(message)
         self.conflicts = conflicts
+        self.base: str | None = None
 
 
 def _same(a: Entry | None, b: Entry | None) -> bool:
@@ -258,7 +259,17 @@ def merge(
         plan, _, _ = compute(head)
         return MergeResult(plan, state["base"], head, source, None)
     label = source_name or source.id
-    plan, head, commit = land(
-        lake, repo, branch, compute, message or f"merge {label} into {branch}", strategy, "merge"
-    )
+    try:
+        plan, head, commit = land(
+            lake,
+            repo,
+            branch,
+            compute,
+            message or f"merge {label} into {branch}",
+            strategy,
+            "merge",
+        )
+    except MergeConflicts as e:
+        e.base = state["base"].id if state.get("base") else None
+        raise
     return MergeResult(plan, state.get("base"), head, source, commit)

@@ -2,7 +2,9 @@
 
 Packed small files share chunks, so the reader keeps the most recent chunks in memory: reading a
 directory of small files in order fetches each shared chunk once. Sequential readers get the next
-chunks fetched in the background while they consume the current one.
+chunks fetched in the background while they consume the current one. With `files` (the mount),
+a read of part of a chunk that is not in memory but lies verified on local disk reads only the
+blocks it needs (`cowfs.chunkfiles`), and does not pull the whole chunk into memory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from cowfs.chunkfiles import ChunkFiles
 from cowfs.entries import ChunkRef, Entry
 from cowfs.store import Store
 
@@ -20,8 +23,15 @@ DEFAULT_MEMORY = 256 << 20
 
 
 class ChunkReader:
-    def __init__(self, store: Store, memory: int = DEFAULT_MEMORY, workers: int = 8) -> None:
+    def __init__(
+        self,
+        store: Store,
+        memory: int = DEFAULT_MEMORY,
+        workers: int = 8,
+        files: ChunkFiles | None = None,
+    ) -> None:
         self.store = store
+        self.files = files
         self.memory = memory
         self._lru: OrderedDict[str, bytes] = OrderedDict()
         self._used = 0
@@ -36,7 +46,7 @@ class ChunkReader:
         """Fetch a chunk and keep it in memory. The in-flight slot is cleared whatever happens,
         so a chunk whose fetch failed (a transient store error) is fetched again next time."""
         try:
-            data = self.store.get_chunk(oid)
+            data = self.files.fetch(oid) if self.files is not None else self.store.get_chunk(oid)
         except BaseException:
             with self._lock:
                 self._inflight.pop(oid, None)
@@ -89,6 +99,15 @@ class ChunkReader:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _slice(self, ref: ChunkRef, lo: int, length: int) -> bytes:
+        if self.files is not None and length < ref.length:
+            with self._lock:
+                data = self._lru.get(ref.id)
+                if data is not None:
+                    self._lru.move_to_end(ref.id)
+            if data is None:
+                part = self.files.read(ref.id, ref.offset + lo, length)
+                if part is not None:
+                    return part
         data = self.chunk(ref.id)
         start = ref.offset + lo
         if start == 0 and length == len(data):

@@ -123,6 +123,64 @@ def _stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
+def _plan(
+    store: Store,
+    found: list[Found],
+    target: Callable[[str], str],
+    changes: ChangeSet,
+    report: SnapshotReport,
+) -> list[tuple[Found, str]]:
+    """Put directories, symlinks and files the stat cache vouches for into `changes`; return
+    the files that must be read. A stat-cache hit counts only if no chunk it names is
+    doubted (checked for all hits at once), so a damaged chunk is re-read and re-uploaded."""
+    cached = store.index.get_stats([os.path.abspath(f.abspath) for f in found])
+    to_read: list[tuple[Found, str]] = []
+    hits: list[tuple[Found, str, bytes, tuple[ChunkRef, ...]]] = []
+    for f, raw in zip(found, cached):
+        path = target(f.rel)
+        check_path_limits(path)
+        if f.kind is EntryType.DIR:
+            changes.puts[path] = dir_entry(path, f.st.st_mode, f.st.st_mtime_ns)
+            report.dirs += 1
+            continue
+        if f.kind is EntryType.SYMLINK:
+            try:
+                link = os.readlink(f.abspath)
+            except FileNotFoundError:
+                _warn(f"skipping {f.abspath}: it vanished during the put")
+                continue
+            changes.puts[path] = Entry(
+                path, EntryType.SYMLINK, 0o777, 0, f.st.st_mtime_ns, target=link
+            )
+            report.files += 1
+            continue
+        report.files += 1
+        report.bytes += f.st.st_size
+        if raw is not None:
+            key, digest, chunks = msgpack.unpackb(raw)
+            if key == _stat_key(f.st):
+                refs = tuple(ChunkRef(c.hex(), o, n) for c, o, n in chunks)
+                hits.append((f, path, digest, refs))
+                continue
+        to_read.append((f, path))
+    bad = store.untrusted({r.id for *_, refs in hits for r in refs}, verify_unknown=False)
+    for f, path, digest, refs in hits:
+        if bad and any(r.id in bad for r in refs):
+            to_read.append((f, path))
+            continue
+        changes.puts[path] = Entry(
+            path,
+            EntryType.FILE,
+            f.st.st_mode & 0o7777,
+            f.st.st_size,
+            f.st.st_mtime_ns,
+            digest,
+            refs,
+        )
+    to_read.sort(key=lambda t: t[1])  # small files are packed in path order
+    return to_read
+
+
 def snapshot(
     store: Store,
     source: Path,
@@ -168,39 +226,8 @@ def snapshot(
     def target(rel: str) -> str:
         return f"{dest}/{rel}" if dest and rel else (rel or dest)
 
-    cached = store.index.get_stats([os.path.abspath(f.abspath) for f in found])
     now = time.time()
-    to_read: list[tuple[Found, str]] = []
-    for f, raw in zip(found, cached):
-        path = target(f.rel)
-        check_path_limits(path)
-        if f.kind is EntryType.DIR:
-            changes.puts[path] = dir_entry(path, f.st.st_mode, f.st.st_mtime_ns)
-            report.dirs += 1
-        elif f.kind is EntryType.SYMLINK:
-            changes.puts[path] = Entry(
-                path, EntryType.SYMLINK, 0o777, 0, f.st.st_mtime_ns, target=os.readlink(f.abspath)
-            )
-            report.files += 1
-        else:
-            report.files += 1
-            report.bytes += f.st.st_size
-            if raw is not None:
-                key, digest, chunks = msgpack.unpackb(raw)
-                refs = tuple(ChunkRef(c.hex(), o, n) for c, o, n in chunks)
-                if key == _stat_key(f.st) and not store.any_doubted(refs):
-                    changes.puts[path] = Entry(
-                        path,
-                        EntryType.FILE,
-                        f.st.st_mode & 0o7777,
-                        f.st.st_size,
-                        f.st.st_mtime_ns,
-                        digest,
-                        refs,
-                    )
-                    continue
-            to_read.append((f, path))
-
+    to_read = _plan(store, found, target, changes, report)
     if on_total:
         on_total(sum(f.st.st_size for f, _ in to_read))
     results: list[tuple[Found, str, Pending | FileData]] = []
@@ -221,7 +248,7 @@ def snapshot(
                     old is not None
                     and old.is_file
                     and old.size == len(data)
-                    and not store.any_doubted(old.chunks)
+                    and store.trust(old.chunks)
                 ):
                     digest = blake3.blake3(data).digest()
                     if digest == old.digest:

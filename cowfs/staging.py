@@ -10,13 +10,14 @@ area on disk (`staging_store`), the union of base and records (`staging_union`),
 operations, each applied whole or not at all (`staging_posix`), and the re-chunking at commit
 (`staging_seal`). This module opens, syncs, empties and removes an area.
 
-Records live in an LMDB env opened with `sync=True, metasync=False`: every operation is one
-transaction whose data pages are flushed, so a crash or power loss can at worst undo the last
-transaction, never corrupt the database (LMDB without `sync` promises no such thing). Overlay
-bytes are `pwrite`n to ordinary sparse files: an answered write survives the daemon being
-killed (kill -9), and `sync(path)` (fsync(2) on a staged file) makes that file's overlay, its
-directory entry and the records survive power loss as well. A seal needs no sync: until the
-ref moves, losing staged writes to power loss is what losing un-fsynced writes always is.
+Every operation is one checksummed record appended to the area's journal (no fsync), folded into
+an LMDB env opened with `sync=True, metasync=False` in one transaction every few thousand records
+(`staging_store.RecStore`). Overlay bytes are `pwrite`n to ordinary sparse files. So an answered
+operation survives the daemon being killed (kill -9), and `sync(path)` (fsync(2) on a staged
+file) makes that file's overlay, its directory entry and every record before it survive power
+loss as well; power loss can at worst drop operations nobody fsynced, never corrupt the area.
+A seal needs no sync: until the ref moves, losing staged writes to power loss is what losing
+un-fsynced writes always is.
 
 One process at a time holds an area (an flock on its `lock` file): two would each keep their own
 index of the records and lose each other's writes. A seal holds `Staging.lock` from its snapshot
@@ -147,6 +148,7 @@ class Staging(PosixOps):
         the area is incomplete and counts as absent."""
         shutil.rmtree(path / "recs", ignore_errors=True)
         shutil.rmtree(path / "data", ignore_errors=True)
+        (path / "journal").unlink(missing_ok=True)
         (path / "data").mkdir()
         meta = {
             "url": url,

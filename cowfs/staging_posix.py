@@ -1,7 +1,7 @@
 """The POSIX operations on a staging area, each applied whole or not at all.
 
-Every operation runs as one batch (`_change`): the records it stages go to the durable store in
-one transaction at its end, and if anything fails first (a name over the lake's limits found
+Every operation runs as one batch (`_change`): the records it stages go to the durable store as
+one journal record at its end, and if anything fails first (a name over the lake's limits found
 half-way through a rename, the store refusing the transaction) the in-memory index is put back
 as it was and nothing reaches the disk. Effects that cannot be undone (removing an overlay file,
 shrinking one) run only once the transaction has committed. Overlay bytes are `pwrite`n before

@@ -6,7 +6,7 @@ operations make them, and the seal turns them into entries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import msgpack
 
@@ -47,7 +47,19 @@ class Rec:
     def copy(self) -> Rec:
         """A copy to change: records in the index are never changed in place, so an operation
         that fails half-way can put the old ones back."""
-        return replace(self, ranges=[list(r) for r in self.ranges])
+        return Rec(
+            self.kind,
+            self.mode,
+            self.mtime_ns,
+            self.size,
+            self.base_len,
+            self.base_chunks,
+            self.base_digest,
+            self.overlay,
+            [list(r) for r in self.ranges],
+            self.target,
+            self.opaque,
+        )
 
     def pack(self, path: str | None = None) -> bytes:
         """msgpack array of 11, or 12 with the path when the key does not hold it."""

@@ -40,6 +40,7 @@ class StagedTree:
         #: The view root's mtime: a commit has no entry for its root, so it lives in memory.
         self.root_mtime_ns = 0
         self._fds: dict[int, int] = {}
+        self._data = str(data_dir)
 
     # --- the index -------------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class StagedTree:
         fd = self._fds.get(overlay)
         if fd is None:
             flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
-            fd = os.open(self.data_dir / str(overlay), flags, 0o600)
+            fd = os.open(os.path.join(self._data, str(overlay)), flags, 0o600)
             if len(self._fds) >= _MAX_FDS:
                 os.close(self._fds.pop(next(iter(self._fds))))
             self._fds[overlay] = fd

@@ -110,13 +110,40 @@ class Store:
             return False
         return True
 
-    def any_doubted(self, refs: Iterable[ChunkRef]) -> bool:
-        """Whether any chunk of `refs` was found damaged or missing by this node."""
-        return bool(self.index.doubted([object_key(Kind.CHUNK, r.id) for r in refs]))
+    def untrusted(self, ids: Iterable[str], verify_unknown: bool = True) -> set[str]:
+        """The chunk ids a writer may not reference again without uploading them: found
+        damaged or missing by this node, or (with `verify_unknown`) unknown to the index and
+        not soundly in the store; those are doubted now, so an upload of the same bytes
+        replaces them. One index transaction for all of them.
+
+        Stat-cache hits pass `verify_unknown=False`: their chunks were uploaded by this node,
+        and re-verifying every one after `present` expires would cost a read of the whole
+        data (or a HEAD per chunk) on every re-put; a damaged one is doubted by the first
+        read that meets it."""
+        keys = {object_key(Kind.CHUNK, i): i for i in ids}
+        doubted, absent = self.index.check_keys(list(keys))
+        bad = {keys[k] for k in doubted}
+        if not verify_unknown:
+            return bad
+        sound = []
+        for key in absent - doubted:
+            if self._sound(Kind.CHUNK, keys[key], key):
+                sound.append(key)
+            else:
+                self.index.doubt(key)
+                bad.add(keys[key])
+        self.index.mark_present(sound)
+        return bad
+
+    def trust(self, refs: Iterable[ChunkRef]) -> bool:
+        """Whether these stored chunks may be referenced again without uploading them."""
+        return not self.untrusted(r.id for r in refs)
 
     def refuse_doubted(self, entries: Iterable[Entry]) -> None:
         """Refuse to publish entries that reference an object this node found damaged or
         missing and has not uploaded again since (issue 8, item 9)."""
+        if not self.index.any_doubts():
+            return
         keys: dict[str, str] = {}
         for e in entries:
             for c in e.chunks:

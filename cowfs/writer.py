@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,7 +28,7 @@ from cowfs.commits import Commit
 from cowfs.entries import Entry, EntryType, dir_entry
 from cowfs.errors import ReadOnly, UsageError
 from cowfs.lake import Lake
-from cowfs.names import check_name, normalize_path
+from cowfs.names import ancestors, check_name, normalize_path
 
 #: Small files wait in memory up to this many bytes before they are packed and uploaded.
 PACK_BYTES = 64 << 20
@@ -78,6 +79,8 @@ class BranchWriter:
         self._small: dict[str, bytes] = {}
         self._small_bytes = 0
         self._deletes: list[str] = []
+        #: How many pending puts lie beneath each directory (a file there would conflict).
+        self._beneath: Counter[str] = Counter()
         self._chunker: Chunker | None = None
         self._done = False
         #: The commit `commit()` landed (or the unchanged head), once it has run.
@@ -91,8 +94,7 @@ class BranchWriter:
         self._put_data(self._key(path), data, mode, mtime_ns)
 
     def _put_data(self, key: str, data: bytes, mode: int, mtime_ns: int | None) -> None:
-        self._forget(key)
-        self._puts[key] = _Put(mode & 0o7777, mtime_ns or time.time_ns())
+        self._set(key, _Put(mode & 0o7777, mtime_ns or time.time_ns()))
         if len(data) >= SMALL_FILE:
             self._puts[key].data = self._chunks().add_bytes(data)
             return
@@ -117,10 +119,10 @@ class BranchWriter:
                 return
             got += n
         view.release()
-        self._forget(key)
+        self._check_file(key)
         put = _Put(mode & 0o7777, mtime_ns or time.time_ns())
         put.data = self._chunks().add_stream(_Prefixed(bytes(head), readable))
-        self._puts[key] = put
+        self._set(key, put)
 
     def put_file(self, path: str, local: str | os.PathLike[str]) -> None:
         """A local file, streamed from disk; it keeps its permission bits and mtime."""
@@ -136,13 +138,13 @@ class BranchWriter:
         """Place an existing entry's content at `path` without moving bytes (copy, rename).
         Its chunks must be in this lake's store (any repo of it)."""
         key = self._key(path)
-        self._forget(key)
-        self._puts[key] = _Put(entry.mode, entry.mtime_ns, entry=entry.with_path(key))
+        put = _Put(entry.mode, entry.mtime_ns, entry=entry.with_path(key))
+        self._set(key, put, as_dir=entry.is_dir)
 
     def mkdir(self, path: str, mode: int = 0o755) -> None:
         key = self._key(path)
-        self._forget(key)
-        self._puts[key] = _Put(mode & 0o7777, time.time_ns(), entry=dir_entry(key, mode))
+        now = time.time_ns()
+        self._set(key, _Put(mode & 0o7777, now, entry=dir_entry(key, mode, now)), as_dir=True)
 
     def delete(self, path: str) -> None:
         """Remove a file or a directory with everything beneath it ("" is everything)."""
@@ -217,8 +219,25 @@ class BranchWriter:
             self._chunker = Chunker(self.lake.store)
         return self._chunker
 
+    def _check_file(self, key: str, as_dir: bool = False) -> None:
+        """A path cannot be a file and a directory in one change: refuse it at the write that
+        makes it so, rather than failing the whole commit later."""
+        for anc in ancestors(key):
+            put = self._puts.get(anc)
+            if put is not None and not (put.entry is not None and put.entry.is_dir):
+                raise UsageError(f"cannot write /{key}: /{anc} is a file in this change")
+        if not as_dir and self._beneath[key]:
+            raise UsageError(f"cannot write /{key} as a file: this change writes beneath it")
+
+    def _set(self, key: str, put: _Put, as_dir: bool = False) -> None:
+        self._check_file(key, as_dir)
+        self._forget(key)
+        self._puts[key] = put
+        self._beneath.update(ancestors(key))
+
     def _forget(self, key: str) -> None:
-        self._puts.pop(key, None)
+        if self._puts.pop(key, None) is not None:
+            self._beneath.subtract(ancestors(key))
         old = self._small.pop(key, None)
         if old is not None:
             self._small_bytes -= len(old)
@@ -244,8 +263,7 @@ class BranchWriter:
         )
 
     def _add_data(self, key: str, put: _Put) -> None:
-        self._forget(key)
-        self._puts[key] = put
+        self._set(key, put)
 
     def _close(self) -> None:
         self._done = True

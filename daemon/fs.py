@@ -1,12 +1,12 @@
-"""The FUSE filesystem: repos, branches, commits and global IDs as directories.
+"""The FUSE shim: kernel requests in, attributes and errnos out, over `daemon.namespace`.
 
-    /MNT/<repo>/<branch>/…          the branch head (writable while `cowfs write` has it open)
-    /MNT/<repo>/@<commit-id>/…      any commit, immutable (resolved on lookup, never listed)
-    /MNT/.ids/<global-id>/<repo>/…  every commit sharing one global ID
-
-Every handler runs on the trio loop; anything that may touch the object store (tree nodes,
-chunks, refs) runs in a worker thread so one slow fetch never stalls the mount. Every error is
-answered with an errno: `CowfsError`s carry theirs, anything else is logged and becomes EIO.
+Names, views, heads and write sessions are the namespace's (testable without /dev/fuse); this
+module keeps what only FUSE has: handles, attributes and cache timeouts, the read path and the
+handlers that stage writes. Every handler runs on the trio loop; anything that may touch the
+object store (tree nodes, chunks, refs) runs in a worker thread so one slow fetch never stalls
+the mount (staging operations over a local store run on the loop: `namespace.run_staged`).
+Every error is answered with an errno: `CowfsError`s carry theirs, anything else is logged and
+becomes EIO.
 """
 
 from __future__ import annotations
@@ -24,36 +24,27 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from cowfs.commits import Commit
 from cowfs.entries import Entry
-from cowfs.errors import CowfsError, NotFound, UsageError
+from cowfs.errors import CowfsError
 from cowfs.lake import Lake
-from cowfs.names import MAX_NAME_BYTES, check_component, check_name, check_path_limits
-from cowfs.staging import ORPHAN, Staging, StagingError, list_areas
-from cowfs.staging_commit import open_write, seal
+from cowfs.names import MAX_NAME_BYTES, check_component, check_path_limits
+from cowfs.staging import ORPHAN, StagingError
 from daemon import attrs
-from daemon.inodes import ROOT, InodeTable, Node
+from daemon.inodes import ROOT, Node
 from daemon.metrics_fuse import FUSE_ERRORS, FUSE_OPS, FUSE_SECONDS
+from daemon.namespace import IDS, Namespace, join, run_staged
 from daemon.reader import MountReader
-from daemon.views import View, commit_view, write_view
+from daemon.views import View
 
 log = logging.getLogger("cowfs.mount")
 
-IDS = ".ids"
-#: Chunks fetched ahead of a sequential reader, and ahead of a walk through a directory.
-READAHEAD = 16
+#: Chunks fetched ahead of a walk through a directory.
 DIR_READAHEAD = 24
-#: How stale a branch head may be when a lookup resolves the branch directory.
-HEAD_FRESH_S = 0.3
-POLL_S = 1.0
-#: A view no inode or handle has used for this long is dropped from `CowFS.views` (its caches
-#: with it); the sweep runs every `SWEEP_S`.
-VIEW_IDLE_S = 60.0
-SWEEP_S = 10.0
-#: A branch directory not looked up for this long is no longer polled for head moves: its
-#: dentry (valid `attrs.BRANCH` seconds) has long expired, so the next walk looks it up anew.
-WATCH_IDLE_S = 60.0
-
+#: A sequential reader's read-ahead window, in chunks: it starts small and doubles each time
+#: the reader finds the chunk it needs not yet fetched (it outran the fetches in flight), so a
+#: fast reader keeps many fetches in flight and a slow one few.
+READAHEAD_MIN = 4
+READAHEAD_MAX = 64
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
@@ -97,21 +88,10 @@ def _err(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
-def _name(raw: bytes) -> str:
-    """A name the tree can hold; anything else cannot exist here (one over the lake's limit
-    is ENAMETOOLONG, as on any Linux filesystem)."""
-    check_component(raw)
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _err(errno.ENOENT) from None
-    if name in ("", ".", "..") or "/" in name or "\x00" in name:
-        raise _err(errno.ENOENT)
-    return name
-
-
-def _join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if parent else name
+def _invalidate_entry(parent_inode: int, name: bytes) -> None:
+    """The async variant queues the call to a thread of its own, so a handler of that very
+    entry never deadlocks on it."""
+    pyfuse3.invalidate_entry_async(parent_inode, name, ignore_enoent=True)
 
 
 @dataclass(eq=False)
@@ -125,13 +105,8 @@ class Handle:
     live: bool = False
     next_off: int = 0
     last_chunk: int = -1
+    window: int = READAHEAD_MIN
     listing: list[tuple[bytes, Any]] = field(default_factory=list)
-
-
-@dataclass
-class WriteSession:
-    staging: Staging
-    epoch: int
 
 
 class CowFS(pyfuse3.Operations):
@@ -143,31 +118,19 @@ class CowFS(pyfuse3.Operations):
         super().__init__()
         self.lake = lake
         self.reader = MountReader(lake.store, workers=readers)
-        self.table = InodeTable()
         self.owner = attrs.Owner.current()
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
-        self.views: dict[tuple, View] = {}
-        #: view key -> when a lookup or a kernel reference last used it (`_sweep_views`).
-        self._used: dict[tuple, float] = {}
-        #: (repo, branch) -> (head commit id or None, when checked)
-        self.heads: dict[tuple[str, str], tuple[str | None, float]] = {}
-        #: Branch directories the kernel may hold: (repo, branch) -> (repo inode, last lookup).
-        self.watched: dict[tuple[str, str], tuple[int, float]] = {}
-        self.writes: dict[tuple[str, str], WriteSession] = {}
-        self._epoch = 0
-        self._repos_ok: dict[str, float] = {}
-        self.write_lock = trio.Lock()
-        for repo, branch in list_areas(lake.url):
-            try:
-                self._open_session(Staging.open(lake.store, lake.url, repo, branch))
-            except CowfsError as e:
-                log.warning("cannot reopen staged writes of %s@%s: %s", repo, branch, e)
+        self.ns = Namespace(lake, self.reader, _invalidate_entry, self._held_views)
+        self.table = self.ns.table
+        self.poll_heads = self.ns.poll_heads
+        self.control = self.ns.control
+
+    def _held_views(self) -> list[tuple]:
+        return [h.view.key for h in self.handles.values() if h.view is not None]
 
     def close(self) -> None:
-        for s in self.writes.values():
-            s.staging.close()
-        self.writes.clear()
+        self.ns.close()
         self.reader.close()
 
     # --- helpers -------------------------------------------------------------------------------
@@ -185,21 +148,6 @@ class CowFS(pyfuse3.Operations):
         h.node.opens += 1
         return fh
 
-    def _open_session(self, staging: Staging) -> WriteSession:
-        self._epoch += 1
-        s = WriteSession(staging, self._epoch)
-        self.writes[(staging.repo, staging.branch)] = s
-        return s
-
-    async def _entry(self, node: Node) -> Entry:
-        view: View = node.view
-        e = view.cached(node.path)
-        if e is None:
-            e = await trio.to_thread.run_sync(view.lookup, node.path)
-        if e is None:
-            raise _err(errno.ENOENT)
-        return e
-
     def _timeouts(self, node: Node) -> tuple[float, float]:
         view: View = node.view
         if view.writable:
@@ -214,157 +162,23 @@ class CowFS(pyfuse3.Operations):
             return attrs.dir_attr(node.ino, self.owner, attrs.LISTING)
         if node.kind != "view":
             return attrs.dir_attr(node.ino, self.owner, attrs.LISTING, 0o555)
-        e = entry or await self._entry(node)
+        e = entry or await self.ns.entry(node)
         et, at = self._timeouts(node)
         a = attrs.entry_attr(node.ino, e, self.owner, et, at)
-        if node.extra.get("unlinked"):
+        if node.unlinked:
             a.st_nlink = 0  # fstat of a file deleted while open, as POSIX has it
         return a
 
-    async def _repo_exists(self, name: str) -> bool:
-        try:
-            check_name(name, "repo name")
-        except UsageError:
-            return False
-        if time.monotonic() - self._repos_ok.get(name, -1e9) < attrs.LISTING:
-            return True
-        try:
-            await trio.to_thread.run_sync(self.lake.repo, name)
-        except NotFound:
-            return False
-        self._repos_ok[name] = time.monotonic()
-        return True
-
-    async def _head(self, repo: str, branch: str, fresh: float = HEAD_FRESH_S) -> str | None:
-        cached = self.heads.get((repo, branch))
-        if cached is not None and time.monotonic() - cached[1] < fresh:
-            return cached[0]
-        cid = await trio.to_thread.run_sync(self.lake.head_id, repo, branch)
-        self.heads[(repo, branch)] = (cid, time.monotonic())
-        return cid
-
-    async def _branch_view(self, repo: str, branch: str) -> View | None:
-        s = self.writes.get((repo, branch))
-        if s is not None:
-            key: tuple = ("w", repo, branch, s.epoch)
-            view = self.views.get(key)
-            if view is None:
-                view = self.views[key] = write_view(key, s.staging)
-            return self._use(view)
-        cid = await self._head(repo, branch)
-        if cid is None:
-            return None
-        key = ("b", repo, branch, cid)
-        view = self.views.get(key)
-        if view is None:
-            commit = await trio.to_thread.run_sync(self.lake.get_commit, repo, cid)
-            view = self.views[key] = commit_view(key, self.lake.store, commit, branch)
-            # The head's previous view lives on only in the inodes and handles that hold it.
-            for k in [k for k in self.views if k[:3] == ("b", repo, branch) and k != key]:
-                self._drop_view(k)
-        return self._use(view)
-
-    def _use(self, view: View) -> View:
-        self._used[view.key] = time.monotonic()
-        return view
-
-    def _drop_view(self, key: tuple) -> None:
-        self.views.pop(key, None)
-        self._used.pop(key, None)
-
-    async def _commit_view(self, repo: str, ident: str) -> View | None:
-        # Keyed by the full id, so every prefix of one commit shares one view (and its inodes).
-        view = self.views.get(("c", repo, ident))
-        if view is None:
-            try:
-                commit = await trio.to_thread.run_sync(self.lake.find_commit, repo, ident)
-            except (UsageError, NotFound):
-                return None
-            if commit is None:
-                return None
-            key = ("c", repo, commit.id)
-            view = self.views.get(key)
-            if view is None:
-                view = self.views[key] = commit_view(key, self.lake.store, commit)
-        return self._use(view)
-
-    async def _gid_repos(self, gid: str) -> dict[str, Commit]:
-        """Per repo, the commit `/.ids/<gid>/<repo>` shows: a repo may hold several commits of
-        one global ID (failed pipeline runs carry it too), so the newest finished one, else the
-        newest of the others."""
-        best: dict[str, Commit] = {}
-        for c in await self._gid_commits(gid):
-            cur = best.get(c.repo)
-            if cur is None or _rank(c) > _rank(cur):
-                best[c.repo] = c
-        return best
-
-    async def _gid_commits(self, gid: str) -> list[Commit]:
-        try:
-            check_name(gid, "global id")
-        except UsageError:
-            return []
-        return await trio.to_thread.run_sync(self.lake.inspect, gid)
-
-    def _view_root(self, view: View, parent: int, name: bytes) -> Node:
-        node = self.table.ensure((view.key, ""), "view", view, "", parent, name)
-        if view.branch is not None and view.key[0] in "bw":
-            self.watched[(view.repo, view.branch)] = (parent, time.monotonic())
-        return node
-
     # --- lookup and attributes -----------------------------------------------------------------
-
-    async def _resolve(self, parent: Node, raw: bytes) -> tuple[Node, Entry | None]:
-        name = _name(raw)
-        if parent.kind == "root":
-            if name == IDS:
-                return self.table.ensure(("ids",), "ids"), None
-            if not await self._repo_exists(name):
-                raise _err(errno.ENOENT)
-            return self.table.ensure(("repo", name), "repo", path=name), None
-        if parent.kind == "ids":
-            if not await self._gid_commits(name):
-                raise _err(errno.ENOENT)
-            return self.table.ensure(("gid", name), "gid", path=name), None
-        if parent.kind == "repo":
-            repo = parent.path
-            if name.startswith("@"):
-                view = await self._commit_view(repo, name[1:])
-            else:
-                try:
-                    check_name(name, "branch name")
-                except UsageError:
-                    raise _err(errno.ENOENT) from None
-                view = await self._branch_view(repo, name)
-            if view is None:
-                raise _err(errno.ENOENT)
-            return self._view_root(view, parent.ino, raw), None
-        if parent.kind == "gid":
-            key = ("g", parent.path, name)
-            view = self.views.get(key)
-            if view is None:
-                found = (await self._gid_repos(parent.path)).get(name)
-                if found is None:
-                    raise _err(errno.ENOENT)
-                view = self.views[key] = commit_view(key, self.lake.store, found)
-            return self._view_root(self._use(view), parent.ino, raw), None
-        view = parent.view
-        path = _join(parent.path, name)
-        e = view.cached(path)
-        if e is None:
-            e = await trio.to_thread.run_sync(view.lookup, path)
-        if e is None:
-            raise _err(errno.ENOENT)
-        return self.table.ensure((view.key, path), "view", view, path, parent.ino, raw), e
 
     @_op("lookup")
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
         parent = self._node(parent_inode)
         if parent.kind == "view":
-            e = await self._entry(parent)
+            e = await self.ns.entry(parent)
             if not e.is_dir:
                 raise _err(errno.ENOTDIR)
-        node, entry = await self._resolve(parent, name)
+        node, entry = await self.ns.resolve(parent, name)
         a = await self._attr(node, entry)
         self.table.ref(node)
         return a
@@ -383,7 +197,7 @@ class CowFS(pyfuse3.Operations):
         node = self._node(inode)
         if node.kind != "view":
             raise _err(errno.EINVAL)
-        e = await self._entry(node)
+        e = await self.ns.entry(node)
         if e.target is None:
             raise _err(errno.EINVAL)
         return e.target.encode()
@@ -405,10 +219,10 @@ class CowFS(pyfuse3.Operations):
             branches = await trio.to_thread.run_sync(self.lake.branches, node.path)
             h.listing = [(b.encode(), ("branch", node.path, b)) for b, _ in sorted(branches)]
         elif node.kind == "gid":
-            repos = sorted(await self._gid_repos(node.path))
+            repos = sorted(await self.ns.gid_repos(node.path))
             h.listing = [(r.encode(), ("gidrepo", r)) for r in repos]
         else:
-            e = await self._entry(node)
+            e = await self.ns.entry(node)
             if not e.is_dir:
                 raise _err(errno.ENOTDIR)
             entries = await trio.to_thread.run_sync(node.view.list_dir, node.path)
@@ -429,9 +243,9 @@ class CowFS(pyfuse3.Operations):
                     )
                     a = await self._attr(node, what)
                 else:
-                    node, entry = await self._resolve(parent, raw)
+                    node, entry = await self.ns.resolve(parent, raw)
                     a = await self._attr(node, entry)
-            except pyfuse3.FUSEError:
+            except (pyfuse3.FUSEError, CowfsError):
                 continue  # gone since the listing was made
             if not pyfuse3.readdir_reply(token, raw, a, i + 1):
                 self.table.maybe_drop(node)
@@ -462,7 +276,7 @@ class CowFS(pyfuse3.Operations):
         if node.kind != "view":
             raise _err(errno.EISDIR)
         view: View = node.view
-        e = await self._entry(node)
+        e = await self.ns.entry(node)
         if e.is_dir:
             raise _err(errno.EISDIR)
         wants_write = flags & (os.O_WRONLY | os.O_RDWR) or flags & os.O_TRUNC
@@ -507,10 +321,10 @@ class CowFS(pyfuse3.Operations):
                 staged = None  # the session ended meanwhile: read the head it froze onto
             if staged is not None:
                 return staged
-            e = await self._entry(h.node)
+            e = await self.ns.entry(h.node)
         elif h.live:
             # Opened while the branch was open for writing: what it had is now the head.
-            e = await self._entry(h.node)
+            e = await self.ns.entry(h.node)
         else:
             e = h.entry
         assert e is not None
@@ -518,14 +332,16 @@ class CowFS(pyfuse3.Operations):
         h.next_off = off + size
         data = self.reader.cached_read(e, off, size)
         if data is None:
+            if sequential and off:
+                h.window = min(h.window * 2, READAHEAD_MAX)
             data = await trio.to_thread.run_sync(
-                self.reader.read, e, off, size, READAHEAD if sequential else 0
+                self.reader.read, e, off, size, h.window if sequential else 0
             )
         elif sequential and e.chunks:
             idx = _chunk_index(e, off + size - 1)
             if idx != h.last_chunk:
                 h.last_chunk = idx
-                ahead = [c.id for c in e.chunks[idx + 1 : idx + 1 + READAHEAD]]
+                ahead = [c.id for c in e.chunks[idx + 1 : idx + 1 + h.window]]
                 self.reader.prefetch([c for c in ahead if not self.reader.has(c)])
         return data
 
@@ -609,7 +425,7 @@ class CowFS(pyfuse3.Operations):
         return node.view
 
     async def _staged(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(functools.partial(fn, *args))
+        return await run_staged(fn.__self__, fn, *args)  # type: ignore[attr-defined]
 
     async def _new_child(self, parent: Node, raw: bytes, e: Entry) -> pyfuse3.EntryAttributes:
         view: View = parent.view
@@ -626,7 +442,7 @@ class CowFS(pyfuse3.Operations):
         if "\x00" in name or name in (".", ".."):
             raise _err(errno.EINVAL)
         check_component(raw)
-        path = _join(parent.path, name)
+        path = join(parent.path, name)
         check_path_limits(path)
         return path
 
@@ -755,171 +571,6 @@ class CowFS(pyfuse3.Operations):
         return await self._new_child(parent, name, e)
 
     # --- branch heads and write sessions -------------------------------------------------------
-
-    def _invalidate_branch(self, repo: str, branch: str) -> None:
-        """Make the kernel look the branch directory up again (never from a handler of it:
-        the async variant queues the call to a thread of its own)."""
-        watched = self.watched.get((repo, branch))
-        if watched is None or self.table.get(watched[0]) is None:
-            return
-        repo_ino = watched[0]
-        pyfuse3.invalidate_entry_async(repo_ino, branch.encode(), ignore_enoent=True)
-
-    async def poll_heads(self) -> None:
-        """Follow every branch head the kernel may be showing, and drop its caches on a move."""
-        swept = time.monotonic()
-        while True:
-            await trio.sleep(POLL_S)
-            if time.monotonic() - swept >= SWEEP_S:
-                swept = time.monotonic()
-                self._sweep_views()
-            for (repo, branch), (_, seen) in list(self.watched.items()):
-                if time.monotonic() - seen > WATCH_IDLE_S:
-                    del self.watched[(repo, branch)]
-                    self.heads.pop((repo, branch), None)
-                    continue
-                if (repo, branch) in self.writes:
-                    continue
-                before = self.heads.get((repo, branch), (None, 0.0))[0]
-                try:
-                    now = await self._head(repo, branch, fresh=POLL_S / 2)
-                except Exception as e:  # a store hiccup must not end the poller
-                    log.warning("cannot read head of %s@%s: %s", repo, branch, e)
-                    continue
-                if now != before:
-                    self._drop_view(("b", repo, branch, before))
-                    self._invalidate_branch(repo, branch)
-
-    def _sweep_views(self) -> None:
-        """Drop the views that no inode the kernel holds, no open handle and no lookup has used
-        for `VIEW_IDLE_S`; a later lookup makes them again."""
-        now = time.monotonic()
-        held = {n.key[0] for n in self.table.nodes() if n.kind == "view"}
-        held.update(h.view.key for h in self.handles.values() if h.view is not None)
-        for key in list(self.views):
-            if key in held:
-                self._used[key] = now
-            elif now - self._used.get(key, now) > VIEW_IDLE_S:
-                self._drop_view(key)
-            else:
-                self._used.setdefault(key, now)
-
-    def _freeze_view(self, s: WriteSession, head: Commit | None) -> None:
-        """Blocking, with `s.staging.lock` held: the session ends, and its view (inodes, handles
-        and working directories in it) goes on showing the branch head, read-only."""
-        view = self.views.get(("w", s.staging.repo, s.staging.branch, s.epoch))
-        if view is not None:
-            view.freeze(self.lake.store, head)
-
-    def _end_session(self, s: WriteSession, end: Callable[[], None]) -> None:
-        """Blocking: run `end` (close or destroy the area), then freeze the session's view."""
-        st = s.staging
-        with st.lock:
-            end()
-            try:
-                head = self.lake.head(st.repo, st.branch)
-            except CowfsError as e:
-                log.warning("cannot read head of %s@%s: %s", st.repo, st.branch, e)
-                return
-            self._freeze_view(s, head)
-
-    async def ctl_write(self, repo: str, branch: str) -> dict:
-        async with self.write_lock:
-            if (repo, branch) not in self.writes:
-                st = await trio.to_thread.run_sync(open_write, self.lake, repo, branch)
-                self._open_session(st)
-                self._invalidate_branch(repo, branch)
-            st = self.writes[(repo, branch)].staging
-            return {"repo": repo, "branch": branch, "base": st.base}
-
-    async def ctl_commit(self, repo: str, branch: str, message: str, keep_open: bool) -> dict:
-        async with self.write_lock:
-            s = self.writes.get((repo, branch))
-            if s is None:
-                raise NotFound(f"{repo}@{branch} is not open for writing: run `cowfs write` first")
-            # keep_open empties the same staging area onto the new head, so the session, its
-            # view and every handle open on it carry on; see `seal` for why no write is lost.
-
-            def work() -> Commit | None:
-                with s.staging.lock:
-                    head = seal(self.lake, s.staging, message, self.reader, keep_open)
-                    if not keep_open:
-                        self._freeze_view(s, head)
-                    return head
-
-            commit = await trio.to_thread.run_sync(work)
-            if not keep_open:
-                del self.writes[(repo, branch)]
-                self._drop_view(("w", repo, branch, s.epoch))
-            self.heads.pop((repo, branch), None)
-            self._invalidate_branch(repo, branch)
-            return {"commit": commit.id if commit else None, "repo": repo, "branch": branch}
-
-    async def ctl_discard(self, repo: str, branch: str) -> dict:
-        async with self.write_lock:
-            s = self.writes.pop((repo, branch), None)
-            if s is None:
-                raise NotFound(f"{repo}@{branch} is not open for writing")
-            await trio.to_thread.run_sync(self._end_session, s, s.staging.destroy)
-            self._drop_view(("w", repo, branch, s.epoch))
-            self.heads.pop((repo, branch), None)
-            self._invalidate_branch(repo, branch)
-            return {"repo": repo, "branch": branch}
-
-    async def ctl_reload(self) -> dict:
-        """Match the open write sessions to the staging areas on disk (another mount or the
-        CLI may have committed or opened one)."""
-        async with self.write_lock:
-            on_disk = set(await trio.to_thread.run_sync(list_areas, self.lake.url))
-            for key in [k for k in self.writes if k not in on_disk]:
-                s = self.writes.pop(key)
-                await trio.to_thread.run_sync(self._end_session, s, s.staging.close)
-                self._drop_view(("w", *key, s.epoch))
-                self.heads.pop(key, None)
-                self._invalidate_branch(*key)
-            for repo, branch in on_disk - set(self.writes):
-                try:
-                    st = await trio.to_thread.run_sync(
-                        Staging.open, self.lake.store, self.lake.url, repo, branch
-                    )
-                except StagingError as e:
-                    # Another mount (or the CLI) holds it: here the branch stays read-only.
-                    log.info("not writing %s@%s here: %s", repo, branch, e)
-                    continue
-                self._open_session(st)
-                self._invalidate_branch(repo, branch)
-            return {"writes": [f"{r}@{b}" for r, b in self.writes]}
-
-    async def control(self, req: dict) -> dict:
-        """One request from the control channel."""
-        op = req.get("op")
-        if op == "write":
-            return await self.ctl_write(req["repo"], req["branch"])
-        if op == "commit":
-            return await self.ctl_commit(
-                req["repo"], req["branch"], req.get("message", ""), bool(req.get("keep_open"))
-            )
-        if op == "discard":
-            return await self.ctl_discard(req["repo"], req["branch"])
-        if op == "reload":
-            return await self.ctl_reload()
-        if op == "status":
-            return await self.ctl_status()
-        raise UsageError(f"unknown control request {op!r}")
-
-    async def ctl_status(self) -> dict:
-        return {
-            "store": self.lake.url,
-            "writes": [f"{r}@{b}" for r, b in self.writes],
-            "inodes": len(self.table),
-            "handles": len(self.handles),
-            "views": len(self.views),
-            "watched": len(self.watched),
-        }
-
-
-def _rank(c: Commit) -> tuple[bool, float, str]:
-    return (c.state == "finished", c.finished or c.created or 0.0, c.id)
 
 
 def _chunk_index(e: Entry, offset: int) -> int:

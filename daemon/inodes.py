@@ -8,7 +8,7 @@ table holds what the kernel holds, not everything ever listed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyfuse3
@@ -16,8 +16,11 @@ import pyfuse3
 ROOT = pyfuse3.ROOT_INODE
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
+    """One inode the kernel holds: slotted (no per-node `__dict__`), since the kernel may hold
+    millions (docs/mount.md, *Memory*)."""
+
     ino: int
     key: tuple
     kind: str  # "root", "ids", "repo", "gid", "view"
@@ -28,7 +31,8 @@ class Node:
     #: For view nodes: the parent's inode and this node's name, to invalidate its dentry.
     parent: int = 0
     name: bytes = b""
-    extra: dict = field(default_factory=dict)
+    #: Unlinked while open (or replaced by a rename): `st_nlink` 0, no lookup finds it.
+    unlinked: bool = False
 
 
 class InodeTable:
@@ -117,7 +121,7 @@ class InodeTable:
         if node is not None:
             del self._by_key[node.key]
             node.key = (view_key, "\x00dead", node.ino)
-            node.extra["unlinked"] = True
+            node.unlinked = True
             if kept is not None:
                 node.path = kept
             self._by_key[node.key] = node

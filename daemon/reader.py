@@ -7,12 +7,20 @@ copy it does.
 
 from __future__ import annotations
 
+from cowfs.chunkfiles import ChunkFiles
 from cowfs.entries import Entry
 from cowfs.reader import ChunkReader
+from cowfs.store import Store
 from daemon.metrics_fuse import CHUNK_HITS, CHUNK_MISSES, STORE_READ_BYTES
 
 
 class MountReader(ChunkReader):
+    """With sub-chunk reads on (`ChunkFiles`): a 4 KiB read of a chunk that is not in memory
+    costs a block read, not a chunk."""
+
+    def __init__(self, store: Store, workers: int = 16) -> None:
+        super().__init__(store, workers=workers, files=ChunkFiles(store))
+
     def _fetch(self, oid: str) -> bytes:
         CHUNK_MISSES.inc()
         data = super()._fetch(oid)

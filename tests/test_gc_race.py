@@ -140,6 +140,7 @@ def test_writers_while_gc_runs(
     stop = threading.Event()
     expected: dict[str, dict[str, bytes]] = {}
     errors: list[BaseException] = []
+    refused = [0, 0]
 
     def write(n: int) -> None:
         lake = lake_on(open_objectstore(objectstore.url), tmp_path / f"cache-{n}")
@@ -151,14 +152,18 @@ def test_writers_while_gc_runs(
                 i += 1
                 path, data = f"f{rng.randrange(4)}", rng.choice(pool)
                 scratch = f"s{n}-{i}"
-                for _ in range(20):
+                for _ in range(500):
                     try:
                         put(lake, "r", scratch, {"x": rng.choice(pool)})
                         lake.delete_branch("r", scratch)
                         put(lake, "r", f"w{n}", {path: data})
                         break
                     except Conflict:
-                        continue  # swept under the writer: nothing landed, try again
+                        # Swept under the writer: nothing landed. Wait for the sweep to end.
+                        refused[n] += 1
+                        stop.wait(0.02)
+                else:
+                    raise AssertionError(f"writer {n} never landed its commit")
                 files[path] = data
             expected[f"w{n}"] = files
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
@@ -169,14 +174,17 @@ def test_writers_while_gc_runs(
     threads = [threading.Thread(target=write, args=(n,)) for n in range(2)]
     for t in threads:
         t.start()
+    swept = 0
     try:
         for _ in range(2):
-            gc.collect(collector, gc.GcOptions(grace_s=0, keep_commits_since_s=0, window_s=1))
+            opts = gc.GcOptions(grace_s=0, keep_commits_since_s=0, window_s=1)
+            swept += gc.collect(collector, opts).swept
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=300)
     assert not errors, errors
+    assert swept > 0, "the collector deleted garbage while the writers ran"
     gc.collect(collector, gc.GcOptions(grace_s=0, keep_commits_since_s=0, window_s=0))
     report = check(collector, read_fraction=1.0)
     assert report.ok, report.problems

@@ -707,11 +707,11 @@ def test_ids_show_each_repo_once_finished_first(local: MountedLake) -> None:
 
 
 _SHORT_TIMERS = """
-import daemon.fs
+import daemon.namespace
 
-daemon.fs.VIEW_IDLE_S = 0.5
-daemon.fs.SWEEP_S = 0.5
-daemon.fs.WATCH_IDLE_S = 1.0
+daemon.namespace.VIEW_IDLE_S = 0.5
+daemon.namespace.SWEEP_S = 0.5
+daemon.namespace.WATCH_IDLE_S = 1.0
 """
 
 

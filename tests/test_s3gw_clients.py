@@ -101,6 +101,20 @@ def test_boto3_everything(gw: Gateway) -> None:
         env, f"{repo}@main:/labels.csv"
     )
 
+    # concurrent writers to one branch all land (compare-and-swap, change re-applied)
+    from concurrent.futures import ThreadPoolExecutor
+
+    many = gw.client(max_pool_connections=8)
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: many.put_object(Bucket=repo, Key=f"main/c/{i}", Body=b"%d" % i), range(8)
+            )
+        )
+    assert sorted(e["name"] for e in env.json("ls", f"{repo}@main:/c")) == [
+        str(i) for i in range(8)
+    ]
+
     # write: single, multipart (5 MiB parts), a folder marker
     small = os.urandom(70_000)
     s3.put_object(Bucket=repo, Key="main/new/small.bin", Body=small)
@@ -108,6 +122,8 @@ def test_boto3_everything(gw: Gateway) -> None:
     big.write_bytes(os.urandom(13 * MiB))
     cfg = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
     s3.upload_file(str(big), f"main.{repo}", "new/big.bin", Config=cfg)
+    s3.put_object(Bucket=repo, Key="main/empty/", Body=b"")
+    assert [e["type"] for e in env.json("ls", f"{repo}@main:/") if e["name"] == "empty"] == ["dir"]
     assert _cat(env, f"{repo}@main:/new/small.bin") == small
     assert _cat(env, f"{repo}@main:/new/big.bin") == big.read_bytes()
     head = s3.head_object(Bucket=repo, Key="main/new/big.bin")
@@ -135,7 +151,11 @@ def test_boto3_everything(gw: Gateway) -> None:
     )
     assert len(r["Deleted"]) == 2
     left = s3.list_objects_v2(Bucket=repo, Prefix="main/")["Contents"]
-    assert [c["Key"] for c in left] == ["main/labels.csv", "main/new/big.bin", "main/new/small.bin"]
+    assert [c["Key"] for c in left if "/c/" not in c["Key"]] == [
+        "main/labels.csv",
+        "main/new/big.bin",
+        "main/new/small.bin",
+    ]
     assert env.run("cat", f"{repo}@main:/cats/1.jpg", ok=False).returncode != 0
 
     # DeleteBucket refuses a repo with files; an empty branch goes
@@ -232,6 +252,18 @@ def test_bad_requests_are_clear_errors_and_change_nothing(
     S3SigV4Auth(creds, "s3", "us-east-1").add_auth(req)
     resp = URLLib3Session().send(req.prepare())
     assert resp.status_code == 400 and b"<Code>MalformedXML</Code>" in resp.content
+
+    # bodies that are not what their signed SHA-256 says (changed after signing), small and
+    # streamed
+    for size in (100, 3 * MiB):
+        signed = os.urandom(size)
+        req = AWSRequest("PUT", f"{gw.endpoint}/{repo}/main/tampered.bin", data=signed)
+        S3SigV4Auth(creds, "s3", "us-east-1").add_auth(req)
+        prepared = req.prepare()
+        prepared.body = signed[:-1] + bytes([signed[-1] ^ 1])
+        resp = URLLib3Session().send(prepared)
+        assert resp.status_code == 400, resp.content
+        assert b"<Code>XAmzContentSHA256Mismatch</Code>" in resp.content
 
     # a presigned URL signed two hours ago for one hour
     url_ok = s3.generate_presigned_url(
@@ -372,16 +404,20 @@ def test_s3fs(gw: Gateway) -> None:
     ]
 
 
+@pytest.mark.mount
 def test_batch_window_and_anonymous_reads_in_the_daemon(tmp_path: Path) -> None:
-    """`cowfs daemon --s3` serves beside the (absent) mount; a burst of PUTs under a batch
-    window lands as fewer commits, every one of them there."""
+    """`cowfs daemon --s3` serves beside the mount, on the daemon's trio loop; a burst of PUTs
+    under a batch window lands as fewer commits, every one of them there."""
     from concurrent.futures import ThreadPoolExecutor
 
     env = make_env(tmp_path, None)
     env.run("init")
     env.run("repo", "create", "burst")
     config = CONFIG.replace("[s3]\n", "[s3]\nbatch_window = 1.0\nallow_anonymous = true\n", 1)
-    g = start(env, "daemon", "--no-watch", "--s3", "127.0.0.1:0", config=config)
+    mnt = tmp_path / "pfs"
+    g = start(
+        env, "daemon", "--no-watch", "--mount", str(mnt), "--s3", "127.0.0.1:0", config=config
+    )
     try:
         s3 = g.client(max_pool_connections=20)
         with ThreadPoolExecutor(20) as pool:
@@ -407,8 +443,23 @@ def test_batch_window_and_anonymous_reads_in_the_daemon(tmp_path: Path) -> None:
             config=Config(signature_version=UNSIGNED),
         )
         assert anon.get_object(Bucket="burst", Key="main/f07")["Body"].read() == b"7"
+        assert (mnt / "burst" / "main" / "f07").read_bytes() == b"7"  # the mount, same loop
         with pytest.raises(ClientError) as e:
             anon.put_object(Bucket="burst", Key="main/x", Body=b"x")
         assert _error(e)[0] == "AccessDenied"
     finally:
         assert g.stop() == 0, "".join(g.lines)
+
+
+def test_serve_refuses_bad_settings_in_one_line(local_env: LakeEnv) -> None:
+    cfg = local_env.root / "c.toml"
+    cfg.write_text("[s3]\n")
+    code, err = local_env.fail("s3", "serve", "--config", str(cfg))
+    assert code == 2 and "no S3 keys" in err
+    code, err = local_env.fail("s3", "serve", "--allow-anonymous", "--listen", "nowhere")
+    assert code == 2 and "HOST:PORT" in err
+    cfg.write_text('[s3]\nbatch_windw = 1\n[[s3.keys]]\naccess_key = "a"\n')
+    code, err = local_env.fail("s3", "serve", "--config", str(cfg))
+    assert code == 2 and "unknown key s3.batch_windw" in err and "non-empty" in err
+    code, err = local_env.fail("s3", "serve", "--config", str(local_env.root / "missing.toml"))
+    assert code == 2 and "no config file" in err

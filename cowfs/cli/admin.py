@@ -78,9 +78,9 @@ def _report_damage(damaged: list[str]) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
 def repo_delete(ctx: Context, name: str, yes: bool) -> None:
-    """Delete a repo with all its branches and commits."""
+    """Delete a repo with all its branches and commits (or finish an interrupted delete)."""
     lake = ctx.lake()
-    lake.repo(name)
+    lake.repo_record(name, deleting_ok=True)
     if not yes:
         if not click.get_text_stream("stdin").isatty():
             raise UsageError(f"deleting repo {name} removes all its commits: add --yes to confirm")

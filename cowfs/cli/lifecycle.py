@@ -175,7 +175,7 @@ def merge(
             lake, dst_repo, src_commit, dst_branch, strategy, dry_run, message, str(src)
         )
     except merge3.MergeConflicts as e:
-        _conflicts_exit(e, as_json, info)
+        _conflicts_exit(e, as_json, {**info, "base": e.base})
         return
     info.update(
         base=res.base.id if res.base else None,
@@ -196,8 +196,12 @@ def merge(
     else:
         click.echo(
             f"merged {src} into {dst_repo}@{dst_branch}: commit {info['committed']} "
-            f"({len(res.plan.edits)} changes, {len(res.plan.conflicts)} conflicts resolved "
-            f"{strategy})"
+            f"({len(res.plan.edits)} changes, "
+            + (
+                f"{len(res.plan.conflicts)} conflicts resolved {strategy})"
+                if res.plan.conflicts
+                else "no conflicts)"
+            )
         )
 
 
@@ -293,7 +297,8 @@ def gc(ctx: Context, dry_run: bool, grace: str, keep: str | None, as_json: bool)
         f"({human_bytes(report.candidate_bytes)}); {verb} {report.swept} "
         f"({human_bytes(report.swept_bytes)}), {report.commits_dropped} commits dropped"
         f"{f', {report.rescued} rescued by writers' if report.rescued else ''}"
-        f"  [{report.seconds:.1f}s, runs {','.join(map(str, report.runs))}]"
+        f"  [{report.seconds:.1f}s, "
+        f"{'dry run' if dry_run else 'runs ' + ','.join(map(str, report.runs))}]"
     )
     if report.candidates and not report.swept and not dry_run:
         click.echo(

@@ -1,4 +1,4 @@
-"""Commands of the mount: mount, umount, write, commit.
+"""Commands of the mount: mount, umount, write, commit, warmup.
 
 `write` and `commit` work with or without a running mount: when one serves this store they go
 through its control socket (it holds the staging area and must show the new head at once),
@@ -229,4 +229,29 @@ def commit(ctx: Context, target: str, message: str, keep_open: bool, as_json: bo
         click.echo(cid or "")
 
 
-COMMANDS = [mount, umount, write, commit]
+@click.command()
+@click.argument("target", metavar="REPO@REF[:/PATH]")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=16, help="Parallel fetches.")
+@json_option
+@pass_ctx
+def warmup(ctx: Context, target: str, jobs: int, as_json: bool) -> None:
+    """Fetch every chunk under a path into this node's chunk cache, in parallel (before an
+    epoch over it)."""
+    from cowfs.cli.common import human_bytes, progress_bar
+    from cowfs.warmup import warmup as run
+
+    ref = parse_ref(target)
+    lake = ctx.lake()
+    commit = lake.resolve(ref)
+    with progress_bar(f"warmup {target}", not as_json) as (advance, set_total):
+        stats = run(lake, commit, ref.path, jobs, advance, set_total)
+    if as_json:
+        emit_json({"commit": commit.id, "path": "/" + ref.path, **stats.__dict__})
+    else:
+        click.echo(
+            f"{stats.files} files, {stats.chunks} chunks, {human_bytes(stats.bytes)} "
+            f"({stats.cached} chunks were cached already)"
+        )
+
+
+COMMANDS = [mount, umount, write, commit, warmup]

@@ -151,7 +151,7 @@ class LocalStore(ObjectStore):
         lock_dir = self.root / _LOCK_DIR
         lock_dir.mkdir(mode=self._dir_mode, exist_ok=True)
         lock_path = lock_dir / xxhash.xxh3_64_hexdigest(key.encode())
-        with open(lock_path, "a+b") as lock:
+        with open(os.open(lock_path, os.O_RDWR | os.O_CREAT, self._file_mode), "r+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             current = self.get_versioned(key)
             if (current.token if current else None) != expected:

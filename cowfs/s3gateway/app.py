@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import quote, unquote
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -188,6 +188,8 @@ class S3App:
             response = self._error(call, e)
         except CowfsError as e:
             response = self._error(call, from_cowfs(e))
+        except ClientDisconnect:
+            response = self._error(call, S3Error("IncompleteBody", "the client went away mid-body"))
         except Exception as e:  # a bug: answer like S3 does and keep the traceback in the log
             log.exception("%s %s failed", call.op, call.resource)
             response = self._error(call, S3Error("InternalError", f"{type(e).__name__}: {e}"))

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import anyio
 import anyio.from_thread
@@ -22,14 +26,28 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from cowfs.changes import ChangeSet
 from cowfs.chunking import Chunker, FileData
 from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
-from cowfs.reader import ChunkReader
 from cowfs.s3gateway.errors import S3Error
 from cowfs.store import Store
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 PIECE = 1 << 20
 _QUEUED_PIECES = 4
 #: Bodies up to this size are read whole and cut in one go (fewer thread hops).
 SMALL_BODY = 1 << 20
+#: Streamed bodies being cut at once, and chunks waiting to upload across all of them: what
+#: bounds a gateway's memory when a client sends 16 parts of a 1 GiB upload together.
+MAX_STREAMS = 4
+MAX_CHUNKS_IN_FLIGHT = 24
+
+
+class Limits:
+    """Shared by every upload of one gateway (made on its event loop)."""
+
+    def __init__(self) -> None:
+        self.streams = anyio.CapacityLimiter(MAX_STREAMS)
+        self.chunks = threading.BoundedSemaphore(MAX_CHUNKS_IN_FLIGHT)
 
 
 class _Pipe:
@@ -58,19 +76,42 @@ class _Pipe:
         return n
 
 
-def _cut(store: Store, readable: _Pipe | None, data: bytes | None) -> FileData:
+def _cut(
+    store: Store, readable: _Pipe | None, data: bytes | None, slots: threading.Semaphore | None
+) -> FileData:
     with Chunker(store) as chunker:
+        if slots is not None:
+            # One budget of in-flight chunks for all uploads rather than one per upload (the
+            # chunker takes and gives back a slot per chunk; a `slots=` argument would be
+            # cleaner).
+            chunker.slots = slots
         pending = chunker.add_bytes(data) if data is not None else chunker.add_stream(readable)
         chunker.wait()
         return pending.result()
 
 
-async def ingest(store: Store, body: AsyncIterator[bytes], size_hint: int | None) -> FileData:
+async def ingest(
+    store: Store,
+    body: AsyncIterator[bytes],
+    size_hint: int | None,
+    limits: Limits | None = None,
+) -> FileData:
     """Chunk and store a body; returns once every chunk is stored. Raises what `body` raises
-    (a bad checksum, a client gone) before anything refers to the chunks."""
+    (a bad checksum, a client gone) before anything refers to the chunks. With `limits`, a
+    streamed body waits for a free stream slot before it is read at all."""
+    slots = limits.chunks if limits else None
     if size_hint is not None and size_hint <= SMALL_BODY:
         data = b"".join([piece async for piece in body])
-        return await anyio.to_thread.run_sync(_cut, store, None, data)
+        return await anyio.to_thread.run_sync(_cut, store, None, data, slots)
+    if limits is None:
+        return await _stream(store, body, None)
+    async with limits.streams:
+        return await _stream(store, body, slots)
+
+
+async def _stream(
+    store: Store, body: AsyncIterator[bytes], slots: threading.Semaphore | None
+) -> FileData:
     tx, rx = anyio.create_memory_object_stream[bytes](_QUEUED_PIECES)
     result: list[FileData] = []
 
@@ -87,12 +128,25 @@ async def ingest(store: Store, body: AsyncIterator[bytes], size_hint: int | None
 
     async def consume() -> None:
         async with rx:
-            result.append(await anyio.to_thread.run_sync(_cut, store, _Pipe(rx), None))
+            result.append(await anyio.to_thread.run_sync(_cut, store, _Pipe(rx), None, slots))
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(produce)
-        tg.start_soon(consume)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            tg.start_soon(consume)
+    except BaseExceptionGroup as group:
+        raise _cause(group) from None
     return result[0]
+
+
+def _cause(group: BaseExceptionGroup) -> BaseException:
+    """What went wrong first (a bad checksum, a client gone), not the cancellations it caused."""
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            return _cause(e)
+        if not isinstance(e, anyio.get_cancelled_exc_class()):
+            return e
+    return group.exceptions[0]
 
 
 class BodyCheck:
@@ -141,12 +195,23 @@ def put_change(entry: Entry) -> ChangeSet:
     return ChangeSet(puts={entry.path: entry})
 
 
-def concat_digest(reader: ChunkReader, refs: tuple[ChunkRef, ...]) -> bytes:
-    """BLAKE3 of a file made of already stored chunk slices, read back slice by slice."""
+def concat_digest(fetch: Callable[[str], bytes], refs: tuple[ChunkRef, ...]) -> bytes:
+    """BLAKE3 of a file made of already stored chunk slices, read back a few chunks ahead.
+
+    Reads go around the gateway's chunk memory (a 1 GiB completion would flush it)."""
     h = blake3.blake3()
-    for ref in refs:
-        data = reader.chunk(ref.id)
-        h.update(memoryview(data)[ref.offset : ref.offset + ref.length])
+    ahead = 4
+    with ThreadPoolExecutor(ahead, thread_name_prefix="cowfs-s3-digest") as pool:
+        window: deque[Future[bytes]] = deque()
+        queued = iter(refs)
+        for ref in refs:
+            while len(window) < ahead:
+                nxt = next(queued, None)
+                if nxt is None:
+                    break
+                window.append(pool.submit(fetch, nxt.id))
+            data = window.popleft().result()
+            h.update(memoryview(data)[ref.offset : ref.offset + ref.length])
     return h.digest()
 
 

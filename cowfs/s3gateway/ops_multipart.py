@@ -13,7 +13,9 @@ import anyio.to_thread
 import blake3
 from starlette.responses import Response
 
-from cowfs.entries import ChunkRef
+from cowfs.chunking import FileData
+from cowfs.entries import ChunkRef, Entry
+from cowfs.s3gateway.buckets import Location
 from cowfs.s3gateway.core import Call, Gateway
 from cowfs.s3gateway.errors import S3Error
 from cowfs.s3gateway.httpsemantics import etag_of, iso_date, parse_range
@@ -52,7 +54,7 @@ async def create_upload(gw: Gateway, call: Call) -> Response:
 async def upload_part(gw: Gateway, call: Call) -> Response:
     number = _part_number(call)
     up = await anyio.to_thread.run_sync(_upload, gw, call)
-    data = await ingest(gw.store, body_of(call), _size_hint(call))
+    data = await ingest(gw.store, body_of(call), _size_hint(call), gw.limits)
     part = Part(number, data.size, f'"{data.digest.hex()}"', data.chunks, time.time())
     await anyio.to_thread.run_sync(gw.uploads.put_part, up, part)
     return Response(b"", 200, headers={"ETag": part.etag})
@@ -68,9 +70,11 @@ async def upload_part_copy(gw: Gateway, call: Call) -> Response:
         rng = parse_range(call.headers.get("x-amz-copy-source-range"), src.size)
         start, end = rng if rng is not None else (0, src.size)
         refs = slice_refs(src, start, end)
+        # The part's ETag names its chunk slices (reading the bytes just to hash them would
+        # turn a copy that moves no data into one that reads it all).
         described = json.dumps([[r.id, r.offset, r.length] for r in refs]).encode()
-        part = Part(number, end - start, f'"{blake3.blake3(described).hexdigest()}"', refs, 0)
-        part = Part(part.number, part.size, part.etag, part.refs, time.time())
+        etag = f'"{blake3.blake3(described).hexdigest()}"'
+        part = Part(number, end - start, etag, refs, time.time())
         gw.uploads.put_part(up, part)
         return part
 
@@ -85,7 +89,7 @@ async def complete_upload(gw: Gateway, call: Call) -> Response:
     if numbers != sorted(set(numbers)):
         raise S3Error("InvalidPartOrder", "parts must be listed in ascending order, once each")
 
-    def work():  # noqa: ANN202
+    def work() -> tuple[Location, Upload, Entry]:
         loc, _ = _target(gw, call)
         up = gw.uploads.get(call.query["uploadId"], call.bucket, call.key)
         have = {p.number: p for p in gw.uploads.parts(up)}
@@ -99,10 +103,8 @@ async def complete_upload(gw: Gateway, call: Call) -> Response:
                 )
             refs.extend(part.refs)
             size += part.size
-        from cowfs.chunking import FileData
-
         refs_t = tuple(refs)
-        data = FileData(size, concat_digest(gw.reader, refs_t), refs_t)
+        data = FileData(size, concat_digest(gw.store.get_chunk, refs_t), refs_t)
         return loc, up, file_entry(loc.path, data)
 
     loc, up, entry = await anyio.to_thread.run_sync(work)

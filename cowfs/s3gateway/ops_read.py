@@ -245,9 +245,8 @@ async def get_object(gw: Gateway, call: Call) -> Response:
 def _stream(gw: Gateway, e: Entry, start: int, end: int) -> Iterator[bytes]:
     """The bytes of `[start, end)`, one chunk slice at a time, next chunks fetched ahead."""
     offset = start
-    for ref, lo, n in e.refs_for(start, end - start):
+    for _, _, n in e.refs_for(start, end - start):
         piece = gw.reader.read(e, offset, n, readahead=8)
-        del ref, lo
         offset += n
         BYTES.labels("GetObject", "out").inc(len(piece))
         yield piece

@@ -96,6 +96,7 @@ async def commit(gw: Gateway, loc: Location, changes: ChangeSet, message: str) -
         await gw.committer.commit(loc.repo, loc.ref, changes, message)
     except CowfsError as e:
         raise from_cowfs(e, "NoSuchBucket") from None
+    gw.note_head(loc.repo, loc.ref)
 
 
 async def put_object(gw: Gateway, call: Call) -> Response:
@@ -107,7 +108,7 @@ async def put_object(gw: Gateway, call: Call) -> Response:
         if loc.path:
             await commit(gw, loc, put_change(folder_entry(loc.path)), f"s3: PutObject {call.key}")
         return Response(b"", 200, headers={"ETag": '"0"'})
-    data: FileData = await ingest(gw.store, body_of(call), size_hint(call))
+    data: FileData = await ingest(gw.store, body_of(call), size_hint(call), gw.limits)
     entry = file_entry(loc.path, data)
     await commit(gw, loc, put_change(entry), f"s3: PutObject {call.key}")
     return Response(b"", 200, headers={"ETag": etag_of(entry)})
@@ -220,6 +221,7 @@ async def create_bucket(gw: Gateway, call: Call) -> Response:
         await anyio.to_thread.run_sync(work)
     except CowfsError as e:
         raise from_cowfs(e, "NoSuchBucket") from None
+    gw.cache.clear()
     return Response(b"", 200, headers={"Location": "/" + call.bucket})
 
 
@@ -245,4 +247,5 @@ async def delete_bucket(gw: Gateway, call: Call) -> Response:
         gw.lake.delete_repo(b.repo)
 
     await anyio.to_thread.run_sync(work)
+    gw.cache.clear()
     return Response(b"", 204)

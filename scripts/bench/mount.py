@@ -1,6 +1,7 @@
 """Benchmark the cowfs mount against the local disk and other S3 filesystems, in one run.
 
     python scripts/bench/mount.py [--big-mib 1024] [--files 20000] [--peers weed,rclone,s3fs]
+    python scripts/bench/mount.py --suite local [--file-mib 768] [--walk-files 200000]
 
 One SeaweedFS (`weed mini`) serves a bucket holding the same data twice: as plain objects (for
 `weed mount`, `rclone mount`, `s3fs`) and as a cowfs store. Measured, in seconds:
@@ -352,6 +353,20 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=20_000)
     ap.add_argument("--peers", default="weed,rclone,s3fs")
     ap.add_argument("--work", type=Path, default=None, help="Scratch folder (kept if given).")
+    ap.add_argument(
+        "--suite",
+        choices=["s3", "local"],
+        default="s3",
+        help="s3: the SeaweedFS comparison above; local: fio random reads, mmap, tar x and\n"
+        "the walk's memory over a local store (scripts/bench/mount_fio.py)",
+    )
+    ap.add_argument("--file-mib", type=int, default=768, help="local: the random-read file")
+    ap.add_argument("--tar-files", type=int, default=2000, help="local: files in the tar")
+    ap.add_argument("--walk-files", type=int, default=200_000, help="local: files walked")
+    ap.add_argument("--seconds", type=int, default=6, help="local: seconds per fio job")
+    ap.add_argument("--fuse-option", action="append", default=[], help="local: e.g. max_read=N")
+    ap.add_argument("--read-ahead-kb", type=int, default=None, help="local: the mount's bdi")
+    ap.add_argument("--only-reads", action="store_true", help="local: skip tar x and the walk")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark drops the page cache and mounts filesystems")
@@ -361,6 +376,26 @@ def main() -> None:
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+
+    if args.suite == "local":
+        sys.path.insert(0, str(Path(__file__).parent))
+        import mount_fio
+
+        res = mount_fio.run(
+            work,
+            args.file_mib,
+            args.tar_files,
+            args.walk_files,
+            args.seconds,
+            log,
+            args.fuse_option,
+            args.read_ahead_kb,
+            args.only_reads,
+        )
+        mount_fio.report(res)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return
 
     data = work / "data"
     log(f"making {args.big_mib} MiB + {args.files} x 16 KiB in {data}")
