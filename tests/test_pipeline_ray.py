@@ -152,11 +152,16 @@ def test_a_node_removed_mid_job_loses_nothing_and_counts_nothing_twice(
     job = out["job"]
     assert job is not None and job.state == "success", job and job.error
     assert (job.processed, job.total) == (n, n)
-    assert any("a Ray task died" in s for s in said), said
     rows = env.json("datum", "list", job.id)
     assert len(rows) == n and {r["state"] for r in rows} == {"processed"}
-    assert max(r["tries"] for r in rows) >= 2  # the lost batch's datums count that try
-    assert extra.node_id not in {r["node"] for r in rows if r["tries"] >= 2}
+    # A task on the removed node is retried elsewhere and counts the lost try. (A task that
+    # ends within a moment of its node's removal can still hand its result back; then nothing
+    # is retried and nothing needs to be: the outputs below are checked either way.)
+    if any("a Ray task died" in s for s in said):
+        retried = [r for r in rows if r["tries"] >= 2]
+        assert retried and extra.node_id not in {r["node"] for r in retried}, rows
+    else:
+        assert {r["tries"] for r in rows} == {1}, rows
     got = _cat_all(env, "slow")
     assert got == {f"f{i:04d}.txt": f"FILE NUMBER {i}\n" for i in range(n)}
 
