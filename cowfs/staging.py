@@ -27,17 +27,21 @@ file unlinked while open lives on, in memory only, under an `ORPHAN` key for its
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
 
 import msgpack
+import xxhash
 
+from cowfs import gcstate
 from cowfs.changes import ChangeSet
 from cowfs.chunking import Chunker
-from cowfs.errors import NotFound
+from cowfs.errors import CowfsError, NotFound
 from cowfs.reader import ChunkReader
 from cowfs.staging_posix import PosixOps
 from cowfs.staging_records import (
@@ -134,7 +138,9 @@ class Staging(PosixOps):
                 base, base_tree = meta["base"], meta["tree"]
             else:
                 cls._lay_out(path, url, repo, branch, base, base_tree)
-            return cls(store, url, repo, branch, base, base_tree, path, lock)
+            area = cls(store, url, repo, branch, base, base_tree, path, lock)
+            area.hold_base()
+            return area
         except BaseException:
             os.close(lock)
             raise
@@ -161,6 +167,21 @@ class Staging(PosixOps):
         write_durably(path / "meta.json", msgpack.packb(meta))
         (path / "recs").mkdir()
         fsync_dir(path)
+
+    def _holder(self) -> str:
+        """This area's name among the collector's holds: one per node and area."""
+        return xxhash.xxh3_128_hexdigest(f"{socket.gethostname()}:{self.path}".encode())
+
+    def hold_base(self) -> None:
+        """Keep the base commit from a collector on any machine while writes sit on it
+        (docs/architecture.md, "Garbage collection": roots include `gc/holds/`)."""
+        if self.base is not None:
+            gcstate.put_hold(self.store.objects, self._holder(), self.repo, self.base)
+
+    def release_base(self) -> None:
+        # A hold left behind (store unreachable now) only keeps a commit alive for longer.
+        with contextlib.suppress(CowfsError, OSError):
+            gcstate.release_hold(self.store.objects, self._holder())
 
     @classmethod
     def exists(cls, url: str, repo: str, branch: str) -> bool:
@@ -204,6 +225,7 @@ class Staging(PosixOps):
                 remove_area(self.path)
             finally:
                 os.close(self._lock_fd)
+            self.release_base()
 
     def sync(self, path: str | None = None) -> None:
         """Make the staged state of `path` (every staged file when None) survive power loss:
@@ -241,6 +263,7 @@ class Staging(PosixOps):
                     self.unlink_overlay(n)
             self.clear_index(self.store, base_tree)
             self.base = base
+        self.hold_base()
 
     def changeset(self, reader: ChunkReader, chunker: Chunker) -> ChangeSet:
         """The staged writes as a change, with every changed byte chunked and stored."""
