@@ -340,10 +340,8 @@ def test_awscli(gw: Gateway, tmp_path: Path) -> None:
     assert any(m["message"].startswith("s3: ") for m in gw.env.json("log", f"{repo}@main"))
 
 
-@pytest.mark.skipif(
-    shutil.which("rclone") is None, reason="rclone is installed by scripts/setup.sh"
-)
 def test_rclone(gw: Gateway, tmp_path: Path) -> None:
+    assert shutil.which("rclone"), "rclone is installed by scripts/setup.sh (Debian's package)"
     repo = _repo(gw, "rclone")
     env = client_env(gw, tmp_path)
 
