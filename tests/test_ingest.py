@@ -1,0 +1,84 @@
+"""The put path: the same bytes always make the same chunks and the same tree.
+
+Chunk boundaries and digests are part of the format (dedup across puts and across machines
+depends on them), so the roots below are pinned: they were computed by the put path before
+it was pipelined, and any change to how bytes are read, cut, hashed or packed that moves a
+boundary or a digest fails here.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from cowfs import tree
+from cowfs.changes import resolve
+from cowfs.index import Index
+from cowfs.objectstore import LocalStore
+from cowfs.snapshot import snapshot
+from cowfs.store import Store
+from cowfs.tree import TreeView
+
+MiB = 1024 * 1024
+#: Sizes around the small-file limit (1 MiB), the chunk limits and a file of several chunks.
+SIZES = [0, 1, 100, 4096, 300_000, MiB - 1, MiB, MiB + 1, 4 * MiB + 7, 9 * MiB + 3]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(LocalStore(tmp_path / "store", create=True), Index(tmp_path / "index"))
+    yield s
+    s.close()
+
+
+def make_tree(root: Path, seed: int) -> None:
+    """A deterministic directory: files of `SIZES` and 300 small ones in nested dirs, with
+    names whose path order differs from a depth-first walk (`a`, `a!`, `a/...`)."""
+    rnd = random.Random(seed)
+    for i, n in enumerate(SIZES):
+        (root / "big").mkdir(exist_ok=True)
+        (root / "big" / f"f{i:02d}.bin").write_bytes(rnd.randbytes(n))
+    for i in range(300):
+        d = root / "small" / f"d{i % 7}" / ("a" if i % 2 else "a!")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"s{i:03d}.txt").write_bytes(rnd.randbytes(rnd.randrange(0, 40_000)))
+    (root / "small" / "a").write_bytes(b"a file next to a! and a/")
+    os.symlink("big/f01.bin", root / "link")
+    for p in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
+        if not p.is_symlink():
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        os.utime(
+            p, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000), follow_symlinks=False
+        )
+
+
+def put_root(store: Store, src: Path, base_root: str) -> str:
+    base = TreeView(store, base_root)
+    changes, _ = snapshot(store, src, "", mirror=True, base=base)
+    return tree.apply(store, base_root, resolve(store, base_root, changes))
+
+
+PINNED_FIRST = "5826f7cf2a38281339aa330cfe5476dedadeaab1e7c146fc83ad054baa2bd00b"
+PINNED_SECOND = "efe94eeb0eb8475965ef16214155ba12bd35786e2e8d276dc7e064af4c9f17e1"
+
+
+def test_put_makes_the_pinned_tree(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src, 7)
+    empty = tree.empty_tree(store)
+    first = put_root(store, src, empty)
+    # An edit in the middle of the 9 MiB file and a new small file: a second put reuses
+    # the stat cache and the old slices of unchanged small files.
+    big = src / "big" / f"f{len(SIZES) - 1:02d}.bin"
+    with open(big, "r+b") as f:
+        f.seek(4 * MiB)
+        f.write(b"edited" * 1000)
+    (src / "small" / "new.txt").write_bytes(b"new")
+    for p in (big, src / "small" / "new.txt", src / "small"):
+        os.utime(p, ns=(1_600_000_001_000_000_000, 1_600_000_001_000_000_000))
+    second = put_root(store, src, first)
+    assert (first, second) == (PINNED_FIRST, PINNED_SECOND)
