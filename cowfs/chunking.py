@@ -5,25 +5,33 @@ Files smaller than the average chunk are read back to back as one stream and cut
 100,000 tiny files become a few hundred chunks instead of 100,000 objects; each small file then
 refers to a slice of one chunk (or of two, where a cut falls inside it).
 
-The calling thread reads and cuts (FastCDC) and computes each file's digest; a thread pool
-hashes each chunk for its address, compresses it if that pays, and uploads it. In-flight chunks
-are bounded, so memory stays flat whatever is being put.
+A put is a pipeline of stages joined by bounded queues, each stage in a library call that
+releases the GIL, so that both cores work: a large file is read a few blocks ahead on a thread of
+its own (`readahead.BlockReader`), small files by a pool of readers in order; the calling thread
+cuts (FastCDC) each block where it lies, without copying it; one thread hashes the file's digest,
+block after block; a pool hashes each chunk for its address, compresses it if that pays, and
+uploads it. Blocks read ahead and chunks in flight are bounded, so memory stays flat whatever is
+being put.
+
+Cuts are those of `FastCDC.cut_stream` over the whole file (and so of `cut_buf`): FastCDC
+decides each cut from at most `MAX_CHUNK` bytes after the previous one, so a cut found in a block
+is final once `MAX_CHUNK` bytes of the block follow its start, or the block is the last one.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
 
 import blake3
 from pyfastcdc.cy import FastCDC
 
 from cowfs.entries import ChunkRef
 from cowfs.objects import object_id
+from cowfs.readahead import Block, BlockReader, Readable, read_blocks
 from cowfs.store import Store
 
 MIN_CHUNK = 256 * 1024
@@ -32,12 +40,11 @@ MAX_CHUNK = 4 * 1024 * 1024
 #: Files below this size go into the shared pack stream.
 SMALL_FILE = AVG_CHUNK
 _IN_FLIGHT = 32
+#: A large file is read in blocks of this size, `_BLOCKS_AHEAD` of them ahead of the cutter.
+BLOCK = 16 * 1024 * 1024
+_BLOCKS_AHEAD = 2
 
-
-class Readable(Protocol):
-    """What the cutter reads from: an open binary file, or anything with `readinto`."""
-
-    def readinto(self, buffer: memoryview, /) -> int: ...
+__all__ = ["Readable", "Chunker", "FileData", "Pending"]
 
 
 @dataclass(frozen=True)
@@ -127,35 +134,52 @@ class Chunker:
     # --- producers -------------------------------------------------------------------------
 
     def add_file(self, path: str | os.PathLike[str]) -> Pending:
-        """Cut one large file into chunks of its own."""
-        with open(path, "rb") as f:
-            return self.add_stream(f)
+        """Cut one large file into chunks of its own, reading it ahead on a thread."""
+        with open(path, "rb") as f, BlockReader(f, BLOCK, MAX_CHUNK, _BLOCKS_AHEAD) as blocks:
+            return self._cut_blocks(blocks)
 
     def add_stream(self, readable: Readable) -> Pending:
         """Cut everything `readable` yields until it is exhausted into chunks of its own.
 
-        For bytes that are not a file on disk (a span of a staged file, say): the caller need
-        not hold them all in memory, as `add_bytes` would. Uploads run in the background;
-        `wait()` or the result's `result()` waits for them. Progress is reported per chunk.
+        For bytes that are not a file on disk (a span of a staged file, a request body): the
+        caller need not hold them all in memory, as `add_bytes` would. `readable` is read on
+        the calling thread (a gateway's body pipe works only there). Uploads run in the
+        background; `wait()` or the result's `result()` waits for them. Progress is reported
+        per chunk.
         """
+        return self._cut_blocks(read_blocks(readable, BLOCK, MAX_CHUNK))
+
+    def add_bytes(self, data: bytes | bytearray | memoryview) -> Pending:
+        """Cut bytes already in memory. Chunks are slices of `data` when it is `bytes` (it
+        cannot change under the uploads); anything else is copied once first."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        view = memoryview(data)
         pending = Pending()
-        hasher = blake3.blake3()
-        for c in self.cdc.cut_stream(readable):
-            data = bytes(c.data)
-            hasher.update(data)
-            pending.parts.append((self._submit(data), 0, c.length))
-            pending.size += c.length
-            self.progress(c.length)
-        pending.digest = hasher.digest()
+        for off, n in final_cuts(self.cdc, view, last=True):
+            pending.parts.append((self._submit(view[off : off + n]), 0, n))
+            pending.size += n
+        pending.digest = blake3.blake3(data).digest()
         return pending
 
-    def add_bytes(self, data: bytes | memoryview) -> Pending:
+    def _cut_blocks(self, blocks: Iterable[Block]) -> Pending:
         pending = Pending()
-        for c in self.cdc.cut_buf(data):
-            chunk = bytes(c.data)
-            pending.parts.append((self._submit(chunk), 0, c.length))
-            pending.size += c.length
-        pending.digest = blake3.blake3(data).digest()
+        hasher = blake3.blake3()
+        hashing: Future[object] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="cowfs-digest") as digest:
+            for window, cuts in _windows(self.cdc, blocks):
+                end = 0
+                for _, off, n in cuts:
+                    end = off + n
+                    pending.parts.append((self._submit(window[off:end]), 0, n))
+                    pending.size += n
+                    self.progress(n)
+                if hashing is not None:
+                    hashing.result()  # one block hashing, one waiting: memory stays bounded
+                hashing = digest.submit(hasher.update, window[:end])
+            if hashing is not None:
+                hashing.result()
+        pending.digest = hasher.digest()
         return pending
 
     def add_small_files(self, contents: Iterable[bytes]) -> list[Pending]:
@@ -165,8 +189,9 @@ class Chunker:
         """
         stream = _Concat(contents, self.progress)
         spans: list[tuple[Future[str], int, int]] = []  # (chunk, stream start, length)
-        for c in self.cdc.cut_stream(stream):
-            spans.append((self._submit(bytes(c.data)), c.offset, c.length))
+        for window, cuts in _windows(self.cdc, read_blocks(stream, BLOCK, MAX_CHUNK)):
+            for at, off, n in cuts:
+                spans.append((self._submit(window[off : off + n]), at, n))
         out: list[Pending] = []
         ci = 0
         for (start, end), digest in zip(stream.bounds, stream.digests, strict=True):
@@ -184,6 +209,43 @@ class Chunker:
                 j += 1
             out.append(p)
         return out
+
+
+def final_cuts(cdc: FastCDC, window: memoryview, last: bool) -> list[tuple[int, int]]:
+    """The (offset, length) of each chunk of `window` that more bytes after it cannot move.
+
+    FastCDC scans from a chunk's start for the first position whose gear hash matches, up to
+    `MAX_CHUNK` bytes; its threshold changes at `AVG_CHUNK`. So a chunk whose cut is a match
+    (shorter than what the window holds after its start, with at least `AVG_CHUNK` there) or
+    that had a whole `MAX_CHUNK` to look at is final; only the uncut tail of a window waits
+    for the next block. With `last`, the window ends the stream and every chunk is final.
+    """
+    out: list[tuple[int, int]] = []
+    size = len(window)
+    for c in cdc.cut_buf(window):
+        room = size - c.offset
+        if not (last or room >= MAX_CHUNK or (room >= AVG_CHUNK and c.length < room)):
+            break
+        out.append((c.offset, c.length))
+    return out
+
+
+def _windows(
+    cdc: FastCDC, blocks: Iterable[Block]
+) -> Iterator[tuple[memoryview, list[tuple[int, int, int]]]]:
+    """Each block with the uncut tail of the one before in its headroom, and the final cuts
+    in it as (stream offset, window offset, length). The tail is the only byte copied."""
+    carry = memoryview(b"")
+    pos = 0  # stream offset of the window's first byte
+    for b in blocks:
+        start = MAX_CHUNK - len(carry)
+        b.buf[start:MAX_CHUNK] = carry
+        window = memoryview(b.buf)[start : MAX_CHUNK + b.size]
+        cuts = final_cuts(cdc, window, b.last)
+        end = cuts[-1][0] + cuts[-1][1] if cuts else 0
+        yield window, [(pos + off, off, n) for off, n in cuts]
+        carry = window[end:]
+        pos += end
 
 
 class _Concat:

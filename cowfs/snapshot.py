@@ -13,6 +13,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,15 @@ from cowfs.chunking import SMALL_FILE, Chunker, FileData, Pending
 from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
 from cowfs.errors import NameTooLong, NotFound, UsageError
 from cowfs.names import check_component, check_path_limits, normalize_path
+from cowfs.readahead import ordered_map
 from cowfs.store import Store
 from cowfs.tree import TreeView
 
 _RACY_S = 2.0
+#: Small files read at once, and read but not yet cut: many reads queued keep a cold disk
+#: busy (each is at most `SMALL_FILE`, so this bounds memory too).
+_READERS = 8
+_READS_AHEAD = 32
 
 
 @dataclass(frozen=True)
@@ -231,7 +237,10 @@ def snapshot(
     if on_total:
         on_total(sum(f.st.st_size for f, _ in to_read))
     results: list[tuple[Found, str, Pending | FileData]] = []
-    with Chunker(store, progress) as chunker:
+    with (
+        Chunker(store, progress) as chunker,
+        ThreadPoolExecutor(_READERS, thread_name_prefix="cowfs-read") as readers,
+    ):
         small = [(f, p) for f, p in to_read if f.st.st_size < SMALL_FILE]
         large = [(f, p) for f, p in to_read if f.st.st_size >= SMALL_FILE]
         packed: list[tuple[Found, str]] = []
@@ -239,8 +248,8 @@ def snapshot(
         def small_contents() -> Iterator[bytes]:
             # A small file whose bytes equal what the branch has at that path keeps its old
             # chunk slices, so re-putting without a stat cache never re-packs unchanged files.
-            for f, p in small:
-                data = _read_small(f)
+            read = ordered_map(readers, lambda fp: _read_small(fp[0]), small, _READS_AHEAD)
+            for (f, p), data in zip(small, read, strict=True):
                 if data is None:
                     continue
                 old = base.lookup(p)

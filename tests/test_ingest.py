@@ -8,16 +8,22 @@ boundary or a digest fails here.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
+from pyfastcdc.cy import FastCDC
 
 from cowfs import tree
 from cowfs.changes import resolve
+from cowfs.chunking import AVG_CHUNK, BLOCK, MAX_CHUNK, MIN_CHUNK, _windows
 from cowfs.index import Index
 from cowfs.objectstore import LocalStore
+from cowfs.readahead import read_blocks
 from cowfs.snapshot import snapshot
 from cowfs.store import Store
 from cowfs.tree import TreeView
@@ -82,3 +88,26 @@ def test_put_makes_the_pinned_tree(store: Store, tmp_path: Path) -> None:
         os.utime(p, ns=(1_600_000_001_000_000_000, 1_600_000_001_000_000_000))
     second = put_root(store, src, first)
     assert (first, second) == (PINNED_FIRST, PINNED_SECOND)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(0, 2**32),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 3 * MiB)), min_size=0, max_size=8),
+    st.sampled_from([MiB // 2, MiB, 3 * MiB, 5 * MiB, BLOCK]),
+)
+def test_cutting_blocks_finds_the_cuts_of_the_whole_stream(
+    seed: int, runs: list[tuple[bool, int]], block: int
+) -> None:
+    """Runs of random bytes and of zeros (which force maximum-size chunks), read in blocks of
+    any size: the cuts are those FastCDC finds over the whole stream at once."""
+    rnd = random.Random(seed)
+    data = b"".join(bytes(n) if zeros else rnd.randbytes(n) for zeros, n in runs)
+    cdc = FastCDC(AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
+    want = [(c.offset, c.length) for c in cdc.cut_buf(data)]
+    got = []
+    for window, cuts in _windows(cdc, read_blocks(io.BytesIO(data), block, MAX_CHUNK)):
+        for at, off, n in cuts:
+            assert bytes(window[off : off + n]) == data[at : at + n]
+            got.append((at, n))
+    assert got == want
