@@ -21,12 +21,14 @@ from pyfastcdc.cy import FastCDC
 from cowfs import tree
 from cowfs.changes import resolve
 from cowfs.chunking import AVG_CHUNK, BLOCK, MAX_CHUNK, MIN_CHUNK, _windows
+from cowfs.entries import Entry, EntryType
 from cowfs.index import Index
 from cowfs.objectstore import LocalStore
 from cowfs.readahead import read_blocks
 from cowfs.snapshot import snapshot
 from cowfs.store import Store
-from cowfs.tree import TreeView
+from cowfs.tree import Graft, TreeView
+from tests.memnodes import MemNodes
 
 MiB = 1024 * 1024
 #: Sizes around the small-file limit (1 MiB), the chunk limits and a file of several chunks.
@@ -111,3 +113,33 @@ def test_cutting_blocks_finds_the_cuts_of_the_whole_stream(
             assert bytes(window[off : off + n]) == data[at : at + n]
             got.append((at, n))
     assert got == want
+
+
+_names = st.sampled_from(["a", "a!", "a.b", "b", "z"])
+_paths = st.lists(_names, min_size=1, max_size=3).map("/".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(_paths, max_size=300, unique=True),
+    st.lists(_paths, max_size=300, unique=True),
+    st.sampled_from(["", "a", "a!", "a/b", "q"]),
+)
+def test_a_graft_lands_as_the_same_tree_as_mirrored_puts(
+    base_paths: list[str], put_paths: list[str], prefix: str
+) -> None:
+    """Grafting a tree beneath `prefix` equals putting its entries and deleting every other
+    path beneath `prefix`, whatever the base holds there."""
+    nodes = MemNodes()
+    base = tree.build(nodes, [Entry(p, EntryType.FILE, size=1) for p in sorted(base_paths)])
+    under = [p if not prefix else f"{prefix}/{p}" for p in put_paths]
+    puts = {p: Entry(p, EntryType.FILE, size=2, mtime_ns=5) for p in under}
+    want_edits: dict[str, Entry | None] = {
+        e.path: None for e in tree.iter_all(nodes, base) if Graft(prefix, "").covers(e.path)
+    }
+    top = {prefix: Entry(prefix, EntryType.DIR, 0o755)} if prefix else {}
+    want_edits.update(puts)
+    want_edits.update(top)
+    graft_root = tree.build(nodes, [puts[p] for p in sorted(puts)])
+    got = tree.apply(nodes, base, top, Graft(prefix, graft_root))
+    assert got == tree.apply(nodes, base, want_edits)
