@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ class Pending:
         self.parts: list[tuple[Future[str], int, int]] = []
         self.size = 0
         self.digest = b""
+        #: While a `Packer` may still add slices to `parts`.
+        self.open = False
 
     def add_ref(self, ref: ChunkRef) -> None:
         """Append a slice of a chunk that is stored already (nothing to upload)."""
@@ -187,28 +190,14 @@ class Chunker:
 
         `contents` is consumed lazily, so a caller can read files as the cutter needs them.
         """
-        stream = _Concat(contents, self.progress)
-        spans: list[tuple[Future[str], int, int]] = []  # (chunk, stream start, length)
-        for window, cuts in _windows(self.cdc, read_blocks(stream, BLOCK, MAX_CHUNK)):
-            for at, off, n in cuts:
-                spans.append((self._submit(window[off : off + n]), at, n))
-        out: list[Pending] = []
-        ci = 0
-        for (start, end), digest in zip(stream.bounds, stream.digests, strict=True):
-            p = Pending()
-            p.size = end - start
-            p.digest = digest
-            while ci < len(spans) and spans[ci][1] + spans[ci][2] <= start:
-                ci += 1
-            j = ci
-            while j < len(spans) and spans[j][1] < end:
-                fut, cstart, clen = spans[j]
-                lo = max(start, cstart)
-                hi = min(end, cstart + clen)
-                p.parts.append((fut, lo - cstart, hi - lo))
-                j += 1
-            out.append(p)
+        packer = self.packer()
+        out = [packer.add(data) for data in contents]
+        packer.finish()
         return out
+
+    def packer(self) -> Packer:
+        """A stream of small files to add one at a time (`Packer.add`), cut as it fills."""
+        return Packer(self)
 
 
 def final_cuts(cdc: FastCDC, window: memoryview, last: bool) -> list[tuple[int, int]]:
@@ -248,36 +237,70 @@ def _windows(
         pos += end
 
 
-class _Concat:
-    """A readable stream that is the concatenation of many byte strings, hashing each one."""
+class Packer:
+    """Small files pushed one by one into one stream, cut as blocks of it fill.
 
-    def __init__(self, contents: Iterable[bytes], progress: Callable[[int], None]) -> None:
-        self.contents = iter(contents)
-        self.progress = progress
-        self.bounds: list[tuple[int, int]] = []
-        self.digests: list[bytes] = []
-        self.pos = 0
-        self.buf = memoryview(b"")
+    Each file's `Pending` is `open` until every chunk its bytes fell into is known (its own
+    chunks may still be uploading); files become complete in the order they were added. The
+    cuts and slices are those of cutting the whole concatenation at once, so a file's chunk
+    references never depend on where blocks happened to end.
+    """
 
-    def _next_file(self) -> bool:
-        data = next(self.contents, None)
-        if data is None:
-            return False
-        self.bounds.append((self.pos, self.pos + len(data)))
-        self.digests.append(blake3.blake3(data).digest())
-        self.buf = memoryview(data)
-        return True
+    def __init__(self, chunker: Chunker) -> None:
+        self.chunker = chunker
+        self._new_block(memoryview(b""))
+        self.pos = 0  # stream offset of the next byte added
+        self.done = 0  # stream offset up to which chunks are final
+        self.waiting: deque[tuple[Pending, int, int]] = deque()
 
-    def readinto(self, out: memoryview) -> int:
-        n = 0
-        want = len(out)
-        while n < want:
-            if not self.buf and not self._next_file():
-                break
-            k = min(want - n, len(self.buf))
-            out[n : n + k] = self.buf[:k]
-            self.buf = self.buf[k:]
-            n += k
+    def _new_block(self, carry: memoryview) -> None:
+        self.buf = bytearray(MAX_CHUNK + BLOCK)
+        self.start = MAX_CHUNK - len(carry)
+        self.buf[self.start : MAX_CHUNK] = carry
+        self.fill = MAX_CHUNK
+
+    def add(self, data: bytes) -> Pending:
+        p = Pending()
+        p.size = len(data)
+        p.digest = blake3.blake3(data).digest()
+        p.open = True
+        self.waiting.append((p, self.pos, self.pos + len(data)))
+        view = memoryview(data)
+        while view:
+            k = min(len(view), len(self.buf) - self.fill)
+            self.buf[self.fill : self.fill + k] = view[:k]
+            self.fill += k
             self.pos += k
-        self.progress(n)
-        return n
+            view = view[k:]
+            if self.fill == len(self.buf):
+                self._cut(last=False)
+        self._settle()
+        self.chunker.progress(len(data))
+        return p
+
+    def finish(self) -> None:
+        self._cut(last=True)
+        self._settle()
+
+    def _cut(self, last: bool) -> None:
+        window = memoryview(self.buf)[self.start : self.fill]
+        at0 = self.done
+        end = 0
+        for off, n in final_cuts(self.chunker.cdc, window, last):
+            fut = self.chunker._submit(window[off : off + n])
+            cstart, cend = at0 + off, at0 + off + n
+            for p, s, e in self.waiting:
+                if s >= cend:
+                    break
+                if cend > s and cstart < e:  # an empty file inside a chunk gets a 0-byte slice
+                    lo, hi = max(s, cstart), min(e, cend)
+                    p.parts.append((fut, lo - cstart, hi - lo))
+            self.done = cend
+            self._settle()
+            end = off + n
+        self._new_block(window[end:])
+
+    def _settle(self) -> None:
+        """Close the files whose every chunk is known: they end where final chunks end."""
+        while self.waiting and self.waiting[0][2] <= self.done:
+            self.waiting.popleft()[0].open = False
