@@ -44,6 +44,8 @@ _IN_FLIGHT = 32
 #: A large file is read in blocks of this size, `_BLOCKS_AHEAD` of them ahead of the cutter.
 BLOCK = 16 * 1024 * 1024
 _BLOCKS_AHEAD = 2
+#: A pack stream tries to cut after this many files even if they add up to few bytes.
+_PACK_TRY_FILES = 4096
 
 __all__ = ["Readable", "Chunker", "FileData", "Pending"]
 
@@ -66,8 +68,6 @@ class Pending:
         self.parts: list[tuple[Future[str], int, int]] = []
         self.size = 0
         self.digest = b""
-        #: While a `Packer` may still add slices to `parts`.
-        self.open = False
 
     def add_ref(self, ref: ChunkRef) -> None:
         """Append a slice of a chunk that is stored already (nothing to upload)."""
@@ -191,8 +191,18 @@ class Chunker:
         `contents` is consumed lazily, so a caller can read files as the cutter needs them.
         """
         packer = self.packer()
-        out = [packer.add(data) for data in contents]
+        spans = []
+        for data in contents:
+            spans.append((packer.add(data), blake3.blake3(data).digest()))
         packer.finish()
+        out = []
+        for (start, end), digest in spans:
+            p = Pending()
+            p.parts = packer.refs(start, end)
+            p.size = end - start
+            p.digest = digest
+            packer.release(end)
+            out.append(p)
         return out
 
     def packer(self) -> Packer:
@@ -238,12 +248,13 @@ def _windows(
 
 
 class Packer:
-    """Small files pushed one by one into one stream, cut as blocks of it fill.
+    """Small files pushed one by one into one stream, cut now and then as it fills.
 
-    Each file's `Pending` is `open` until every chunk its bytes fell into is known (its own
-    chunks may still be uploading); files become complete in the order they were added. The
-    cuts and slices are those of cutting the whole concatenation at once, so a file's chunk
-    references never depend on where blocks happened to end.
+    `add` answers where a file lies in the stream; once `done` has passed its end, `refs` gives
+    its chunk slices (the chunks may still be uploading). Callers take files in the order
+    they added them and `release` each, so the packer holds only the chunks of files not yet
+    taken. The cuts and slices are those of cutting the whole concatenation at once, so a
+    file's references never depend on when cuts were tried.
     """
 
     def __init__(self, chunker: Chunker) -> None:
@@ -251,20 +262,19 @@ class Packer:
         self._new_block(memoryview(b""))
         self.pos = 0  # stream offset of the next byte added
         self.done = 0  # stream offset up to which chunks are final
-        self.waiting: deque[tuple[Pending, int, int]] = deque()
+        #: Final chunks not yet released: (upload, stream start, length), in stream order.
+        self.chunks: deque[tuple[Future[str], int, int]] = deque()
 
     def _new_block(self, carry: memoryview) -> None:
         self.buf = bytearray(MAX_CHUNK + BLOCK)
         self.start = MAX_CHUNK - len(carry)
         self.buf[self.start : MAX_CHUNK] = carry
-        self.fill = MAX_CHUNK
+        self.fill = self.tried = MAX_CHUNK
+        self.added = 0
 
-    def add(self, data: bytes) -> Pending:
-        p = Pending()
-        p.size = len(data)
-        p.digest = blake3.blake3(data).digest()
-        p.open = True
-        self.waiting.append((p, self.pos, self.pos + len(data)))
+    def add(self, data: bytes | memoryview) -> tuple[int, int]:
+        """Append one file's bytes; its (start, end) in the stream."""
+        start = self.pos
         view = memoryview(data)
         while view:
             k = min(len(view), len(self.buf) - self.fill)
@@ -274,33 +284,41 @@ class Packer:
             view = view[k:]
             if self.fill == len(self.buf):
                 self._cut(last=False)
-        self._settle()
+                self._new_block(memoryview(self.buf)[self.start : self.fill])
+        self.added += 1
+        if self.fill - self.tried >= AVG_CHUNK or self.added >= _PACK_TRY_FILES:
+            # Cut now and then before the block is full, so that a file's chunks (and with
+            # them its entry) are known soon after it is added, however small the files are.
+            self._cut(last=False)
         self.chunker.progress(len(data))
-        return p
+        return start, self.pos
 
     def finish(self) -> None:
         self._cut(last=True)
-        self._settle()
+
+    def refs(self, start: int, end: int) -> list[tuple[Future[str], int, int]]:
+        """The slices of `[start, end)` (needs `end <= done`): every chunk that overlaps it,
+        and for an empty file strictly inside a chunk a 0-byte slice of that chunk."""
+        out = []
+        for fut, cstart, clen in self.chunks:
+            if cstart >= end:
+                break
+            if cstart + clen > start:
+                lo, hi = max(start, cstart), min(end, cstart + clen)
+                out.append((fut, lo - cstart, hi - lo))
+        return out
+
+    def release(self, end: int) -> None:
+        """Forget the chunks that lie wholly before `end` (the files there were taken)."""
+        while self.chunks and self.chunks[0][1] + self.chunks[0][2] <= end:
+            self.chunks.popleft()
 
     def _cut(self, last: bool) -> None:
+        """Submit the final chunks of what is buffered and not yet cut."""
+        self.tried = self.fill
+        self.added = 0
         window = memoryview(self.buf)[self.start : self.fill]
-        at0 = self.done
-        end = 0
         for off, n in final_cuts(self.chunker.cdc, window, last):
-            fut = self.chunker._submit(window[off : off + n])
-            cstart, cend = at0 + off, at0 + off + n
-            for p, s, e in self.waiting:
-                if s >= cend:
-                    break
-                if cend > s and cstart < e:  # an empty file inside a chunk gets a 0-byte slice
-                    lo, hi = max(s, cstart), min(e, cend)
-                    p.parts.append((fut, lo - cstart, hi - lo))
-            self.done = cend
-            self._settle()
-            end = off + n
-        self._new_block(window[end:])
-
-    def _settle(self) -> None:
-        """Close the files whose every chunk is known: they end where final chunks end."""
-        while self.waiting and self.waiting[0][2] <= self.done:
-            self.waiting.popleft()[0].open = False
+            self.chunks.append((self.chunker._submit(window[off : off + n]), self.done, n))
+            self.done += n
+            self.start += n

@@ -77,7 +77,7 @@ def is_boundary(key: str, level: int) -> bool:
     return xxhash.xxh3_64_intdigest(key.encode()) & mask == 0
 
 
-class _Builder:
+class Builder:
     """Builds the canonical tree from entries (and whole reused subtrees) fed in key order."""
 
     def __init__(self, nodes: NodeStore) -> None:
@@ -132,7 +132,7 @@ class _Builder:
 
 def build(nodes: NodeStore, entries: Iterable[Entry]) -> str:
     """Build a tree from entries already sorted by path; returns the root id."""
-    b = _Builder(nodes)
+    b = Builder(nodes)
     for e in entries:
         b.add_entry(e)
     return b.finish()
@@ -157,7 +157,7 @@ def apply(
     """
     if not edits and graft is None:
         return root
-    b = _Builder(nodes)
+    b = Builder(nodes)
     stream = _Edits(edits, nodes, graft)
 
     def walk(node_id: str, before: str | None) -> None:
@@ -235,7 +235,7 @@ class _Edits:
         self.ei += 1
         return self.edits[k]  # type: ignore[index]
 
-    def emit_before(self, key: str | None, b: _Builder) -> None:
+    def emit_before(self, key: str | None, b: Builder) -> None:
         while (nk := self._next_key()) is not None and (key is None or nk < key):
             new = self._pop()
             if new is not None:

@@ -66,7 +66,7 @@ def make_tree(root: Path, seed: int) -> None:
 def put_root(store: Store, src: Path, base_root: str) -> str:
     base = TreeView(store, base_root)
     changes, _ = snapshot(store, src, "", mirror=True, base=base)
-    return tree.apply(store, base_root, resolve(store, base_root, changes))
+    return tree.apply(store, base_root, resolve(store, base_root, changes), changes.graft)
 
 
 PINNED_FIRST = "5826f7cf2a38281339aa330cfe5476dedadeaab1e7c146fc83ad054baa2bd00b"
