@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import blake3
 from pyfastcdc.cy import FastCDC
 
-from cowfs.entries import ChunkRef
+from cowfs.entries import ChunkRef, Entry, EntryType
 from cowfs.objects import object_id
 from cowfs.readahead import Block, BlockReader, Readable, read_blocks
 from cowfs.store import Store
@@ -44,6 +44,9 @@ _IN_FLIGHT = 32
 #: A large file is read in blocks of this size, `_BLOCKS_AHEAD` of them ahead of the cutter.
 BLOCK = 16 * 1024 * 1024
 _BLOCKS_AHEAD = 2
+#: A stream read on the calling thread (a request body) is read in smaller blocks: many may
+#: be cut at once, and nothing is read ahead.
+_STREAM_BLOCK = 4 * 1024 * 1024
 #: A pack stream tries to cut after this many files even if they add up to few bytes.
 _PACK_TRY_FILES = 4096
 
@@ -55,6 +58,12 @@ class FileData:
     size: int
     digest: bytes
     chunks: tuple[ChunkRef, ...]
+
+    def entry(self, path: str, mode: int, mtime_ns: int) -> Entry:
+        """The file entry these bytes make at `path` (every writer lands files through here)."""
+        return Entry(
+            path, EntryType.FILE, mode & 0o7777, self.size, mtime_ns, self.digest, self.chunks
+        )
 
 
 class Pending:
@@ -86,7 +95,10 @@ class Chunker:
         store: Store,
         progress: Callable[[int], None] | None = None,
         workers: int | None = None,
+        slots: threading.Semaphore | None = None,
     ) -> None:
+        """`slots` bounds the chunks in flight; pass one semaphore to many chunkers to share
+        one budget between them (a gateway's concurrent uploads)."""
         self.store = store
         self.progress = progress or (lambda n: None)
         self.cdc = FastCDC(AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
@@ -96,7 +108,7 @@ class Chunker:
             cores = os.cpu_count() or 2
             workers = 16 if not store.objects.is_local else min(8, cores * 2)
         self.pool = ThreadPoolExecutor(workers)
-        self.slots = threading.BoundedSemaphore(_IN_FLIGHT)
+        self.slots = slots or threading.BoundedSemaphore(_IN_FLIGHT)
         self.futures: list[Future[str]] = []
         #: The first upload failure: later submits raise it at once, so a dead store stops a
         #: put after one request's timeout rather than after every chunk's.
@@ -150,7 +162,7 @@ class Chunker:
         background; `wait()` or the result's `result()` waits for them. Progress is reported
         per chunk.
         """
-        return self._cut_blocks(read_blocks(readable, BLOCK, MAX_CHUNK))
+        return self._cut_blocks(read_blocks(readable, _STREAM_BLOCK, MAX_CHUNK))
 
     def add_bytes(self, data: bytes | bytearray | memoryview) -> Pending:
         """Cut bytes already in memory. Chunks are slices of `data` when it is `bytes` (it
@@ -208,6 +220,23 @@ class Chunker:
     def packer(self) -> Packer:
         """A stream of small files to add one at a time (`Packer.add`), cut as it fills."""
         return Packer(self)
+
+
+def store_stream(
+    store: Store,
+    source: Readable | bytes,
+    slots: threading.Semaphore | None = None,
+) -> FileData:
+    """Chunk and store one file's bytes (a stream read to its end, or bytes in memory) and
+    return once every chunk is stored: the one way a single stream becomes a stored file, for
+    the S3 gateway's bodies as for the Python API's writer."""
+    with Chunker(store, slots=slots) as chunker:
+        if isinstance(source, bytes):
+            pending = chunker.add_bytes(source)
+        else:
+            pending = chunker.add_stream(source)
+        chunker.wait()
+        return pending.result()
 
 
 def final_cuts(cdc: FastCDC, window: memoryview, last: bool) -> list[tuple[int, int]]:
