@@ -33,10 +33,10 @@ from cowfs.store import Store
 from cowfs.tree import Graft, TreeView
 
 _RACY_S = 2.0
-#: Small files read at once, and read but not yet cut: many reads queued keep a cold disk
-#: busy (each is at most `SMALL_FILE`, so this bounds memory too).
+#: Groups of small files read at once (and read but not yet cut): many reads queued keep a
+#: cold disk busy (each is at most `SMALL_FILE`, so this bounds memory too).
 _READERS = 8
-_READS_AHEAD = 32
+_READ_GROUP = 8
 #: Entries planned (stat cache looked up, reads started) together, and stat-cache rows
 #: written together.
 _BATCH = 2048
@@ -345,7 +345,10 @@ def _read_into(
     small files (read ahead by `readers`) go into the shared pack stream, large ones are cut
     on their own."""
     small = [it for it in items if it.entry is None and it.found.st.st_size < SMALL_FILE]
-    contents = ordered_map(readers, lambda it: _read_small(it.found), small, _READS_AHEAD)
+    # Reads go to the pool a group at a time: one hand-off per group, not per tiny file.
+    groups = [small[i : i + _READ_GROUP] for i in range(0, len(small), _READ_GROUP)]
+    read = ordered_map(readers, lambda g: [_read_small(it.found) for it in g], groups, _READERS)
+    contents = (data for group in read for data in group)
     for it in items:
         f = it.found
         if it.entry is not None:

@@ -204,8 +204,61 @@ class Graft:
 _NONE = object()
 
 
+class _GraftCursor:
+    """A position in a graft's tree that can hand over a whole subtree without opening it."""
+
+    def __init__(self, nodes: NodeStore, root: str) -> None:
+        self.nodes = nodes
+        node = nodes.load_node(root)
+        self.stack: list[list] = [[node, 0]] if node.items else []
+        self._first: str | None = None  # first key of what is next, once looked up
+
+    def _settle(self) -> None:
+        while self.stack and self.stack[-1][1] >= len(self.stack[-1][0].items):
+            self.stack.pop()
+            if self.stack:
+                self.stack[-1][1] += 1
+
+    def first_key(self) -> str | None:
+        self._settle()
+        if not self.stack:
+            return None
+        if self._first is None:
+            node, i = self.stack[-1]
+            item = node.items[i]
+            while node.level > 0:
+                node = self.nodes.load_node(item.id)
+                item = node.items[0]
+            self._first = item.path
+        return self._first
+
+    def whole(self) -> tuple[int, Child] | None:
+        """The unopened subtree that comes next, with its level (None at a leaf's entries)."""
+        self._settle()
+        node, i = self.stack[-1]
+        return (node.level - 1, node.items[i]) if node.level > 0 else None
+
+    def skip(self) -> None:
+        self.stack[-1][1] += 1
+        self._first = None
+
+    def open(self) -> None:
+        node, i = self.stack[-1]
+        self.stack.append([self.nodes.load_node(node.items[i].id), 0])
+
+    def pop_entry(self) -> Entry:
+        self._settle()
+        while self.stack[-1][0].level > 0:
+            self.open()
+        node, i = self.stack[-1]
+        self.stack[-1][1] += 1
+        self._first = None
+        return node.items[i]
+
+
 class _Edits:
-    """The edits of one `apply` in key order: a dict's, merged with a graft's as they are read."""
+    """The edits of one `apply` in key order: a dict's, merged with a graft's as they are read.
+    Whole subtrees of the graft that nothing else falls inside are reused as they are."""
 
     def __init__(
         self, edits: Mapping[str, Entry | None], nodes: NodeStore, graft: Graft | None
@@ -214,21 +267,25 @@ class _Edits:
         self.keys = sorted(edits)
         self.ei = 0
         self.graft = graft
-        self.grafted: Iterator[Entry] = iter_all(nodes, graft.root) if graft else iter(())
-        self.head: Entry | None = next(self.grafted, None)
+        self.cursor = _GraftCursor(nodes, graft.root) if graft else None
+
+    def _dict_key(self) -> str | None:
+        return self.keys[self.ei] if self.ei < len(self.keys) else None
+
+    def _graft_key(self) -> str | None:
+        return self.cursor.first_key() if self.cursor is not None else None
 
     def _next_key(self) -> str | None:
-        k = self.keys[self.ei] if self.ei < len(self.keys) else None
-        g = self.head.path if self.head is not None else None
+        k, g = self._dict_key(), self._graft_key()
         if k is None or (g is not None and g < k):
             return g
         return k
 
     def _pop(self) -> Entry | None:
-        k = self.keys[self.ei] if self.ei < len(self.keys) else None
-        if self.head is not None and (k is None or self.head.path <= k):
-            e = self.head
-            self.head = next(self.grafted, None)
+        k, g = self._dict_key(), self._graft_key()
+        if g is not None and (k is None or g <= k):
+            assert self.cursor is not None
+            e = self.cursor.pop_entry()
             if k == e.path:
                 self.ei += 1  # the graft wins over a dict edit of the same path
             return e
@@ -237,6 +294,23 @@ class _Edits:
 
     def emit_before(self, key: str | None, b: Builder) -> None:
         while (nk := self._next_key()) is not None and (key is None or nk < key):
+            k = self._dict_key()
+            if self.cursor is not None and nk == self._graft_key() and nk != k:
+                whole = self.cursor.whole()
+                if whole is not None:
+                    level, child = whole
+                    last = child.last_key
+                    if (
+                        (key is None or last < key)
+                        and (k is None or last < k)
+                        and b.aligned(level)
+                        and is_boundary(last, level)
+                    ):
+                        b.add_subtree(level, child)
+                        self.cursor.skip()
+                    else:
+                        self.cursor.open()
+                    continue
             new = self._pop()
             if new is not None:
                 b.add_entry(new)
@@ -257,10 +331,10 @@ class _Edits:
             return False
         if self.graft is None:
             return True
-        lo, hi = (
-            (self.graft.prefix + "/", self.graft.prefix + "0") if self.graft.prefix else ("", None)
-        )
-        return last < lo or (hi is not None and after is not None and after >= hi)
+        if not self.graft.prefix:
+            return False
+        lo, hi = self.graft.prefix + "/", self.graft.prefix + "0"
+        return last < lo or (after is not None and after >= hi)
 
 
 def lookup(nodes: NodeStore, root: str, path: str) -> Entry | None:

@@ -116,13 +116,15 @@ def test_cutting_blocks_finds_the_cuts_of_the_whole_stream(
 
 
 _names = st.sampled_from(["a", "a!", "a.b", "b", "z"])
-_paths = st.lists(_names, min_size=1, max_size=3).map("/".join)
+_paths = st.lists(_names, min_size=1, max_size=3).map("/".join) | st.integers(0, 20_000).map(
+    lambda i: f"a/{i % 3}/{i}"  # enough paths beneath one prefix for whole subtrees
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(_paths, max_size=300, unique=True),
-    st.lists(_paths, max_size=300, unique=True),
+    st.lists(_paths, max_size=2000, unique=True),
+    st.lists(_paths, max_size=2000, unique=True),
     st.sampled_from(["", "a", "a!", "a/b", "q"]),
 )
 def test_a_graft_lands_as_the_same_tree_as_mirrored_puts(
