@@ -144,16 +144,27 @@ def _read_small(f: Found) -> bytes | None:
     file growing without end cannot fill memory; one that outgrew the small-file size since
     the scan fails the put (nothing is committed) rather than being cut short."""
     try:
-        with open(f.abspath, "rb") as fh:
-            data = fh.read(SMALL_FILE + 1)
+        fd = os.open(f.abspath, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         _warn(f"skipping {f.abspath}: it vanished during the put")
         return None
     except PermissionError as e:
         raise UsageError(f"cannot read {f.abspath}: {e.strerror}") from None
-    if len(data) > SMALL_FILE:
-        raise UsageError(f"{f.abspath} grew while it was being put: put again")
-    return data
+    try:
+        # Sized by the scan's stat, not by the limit: a 1 MiB buffer per tiny file costs more
+        # than reading it. A file that grew is read on, up to the limit.
+        pieces = []
+        got = 0
+        want = min(f.st.st_size, SMALL_FILE) + 1
+        while piece := os.read(fd, want):
+            pieces.append(piece)
+            got += len(piece)
+            if got > SMALL_FILE:
+                raise UsageError(f"{f.abspath} grew while it was being put: put again")
+            want = SMALL_FILE + 1 - got
+    finally:
+        os.close(fd)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _stat_key(st: Stat) -> list[int]:

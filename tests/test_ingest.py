@@ -20,8 +20,9 @@ from pyfastcdc.cy import FastCDC
 
 from cowfs import tree
 from cowfs.changes import resolve
-from cowfs.chunking import AVG_CHUNK, BLOCK, MAX_CHUNK, MIN_CHUNK, _windows
+from cowfs.chunking import AVG_CHUNK, BLOCK, MAX_CHUNK, MIN_CHUNK, SMALL_FILE, _windows
 from cowfs.entries import Entry, EntryType
+from cowfs.errors import UsageError
 from cowfs.index import Index
 from cowfs.objectstore import LocalStore
 from cowfs.readahead import read_blocks
@@ -145,3 +146,26 @@ def test_a_graft_lands_as_the_same_tree_as_mirrored_puts(
     graft_root = tree.build(nodes, [puts[p] for p in sorted(puts)])
     got = tree.apply(nodes, base, top, Graft(prefix, graft_root))
     assert got == tree.apply(nodes, base, want_edits)
+
+
+def test_a_small_file_that_outgrew_the_limit_fails_the_put(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read by the size the scan saw, a file that grew past the small-file limit since is
+    refused (nothing lands) rather than cut short."""
+    import cowfs.snapshot as snap
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    (src / "b.txt").write_bytes(b"b")
+    real_scan = snap.scan
+
+    def scan_then_grow(root: Path):  # noqa: ANN202
+        found = list(real_scan(root))
+        (root / "b.txt").write_bytes(b"b" * (SMALL_FILE + 1))
+        return found
+
+    monkeypatch.setattr(snap, "scan", scan_then_grow)
+    with pytest.raises(UsageError, match="grew while it was being put"):
+        put_root(store, src, tree.empty_tree(store))
