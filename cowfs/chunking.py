@@ -41,6 +41,7 @@ MAX_CHUNK = 4 * 1024 * 1024
 #: Files below this size go into the shared pack stream.
 SMALL_FILE = AVG_CHUNK
 _IN_FLIGHT = 32
+_KEEP_FUTURES = 4096
 #: A large file is read in blocks of this size, `_BLOCKS_AHEAD` of them ahead of the cutter.
 BLOCK = 16 * 1024 * 1024
 _BLOCKS_AHEAD = 2
@@ -137,6 +138,9 @@ class Chunker:
             raise self._failed
         self.slots.acquire()
         fut = self.pool.submit(self._upload, data)
+        if len(self.futures) >= _KEEP_FUTURES:
+            # A long put keeps only the uploads still running (a failure is in `_failed`).
+            self.futures = [f for f in self.futures if not f.done()]
         self.futures.append(fut)
         return fut
 
@@ -145,6 +149,8 @@ class Chunker:
         for f in self.futures:
             f.result()
         self.futures.clear()
+        if self._failed is not None:
+            raise self._failed
 
     # --- producers -------------------------------------------------------------------------
 
