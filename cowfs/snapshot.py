@@ -167,6 +167,13 @@ def _read_small(f: Found) -> bytes | None:
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
+def _read_hashed(f: Found) -> tuple[bytes, bytes] | None:
+    """A small file's bytes and digest, hashed by the reading thread (the cutting thread is the
+    put's bottleneck)."""
+    data = _read_small(f)
+    return None if data is None else (data, blake3.blake3(data).digest())
+
+
 def _stat_key(st: Stat) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
@@ -358,7 +365,7 @@ def _read_into(
     small = [it for it in items if it.entry is None and it.found.st.st_size < SMALL_FILE]
     # Reads go to the pool a group at a time: one hand-off per group, not per tiny file.
     groups = [small[i : i + _READ_GROUP] for i in range(0, len(small), _READ_GROUP)]
-    read = ordered_map(readers, lambda g: [_read_small(it.found) for it in g], groups, _READERS)
+    read = ordered_map(readers, lambda g: [_read_hashed(it.found) for it in g], groups, _READERS)
     contents = (data for group in read for data in group)
     for it in items:
         f = it.found
@@ -372,9 +379,9 @@ def _read_into(
             except PermissionError as e:
                 raise UsageError(f"cannot read {f.abspath}: {e.strerror}") from None
         else:
-            data = next(contents)
-            if data is not None:
-                digest = blake3.blake3(data).digest()
+            read = next(contents)
+            if read is not None:
+                data, digest = read
                 # A small file whose bytes equal what the branch has at that path keeps its
                 # old chunk slices, so re-putting without a stat cache never re-packs it.
                 old = base.lookup(it.path)
