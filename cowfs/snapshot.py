@@ -4,6 +4,10 @@ Like git's index, a stat cache in the node's LMDB remembers, for each local file
 size, mtime, inode and ctime along with the chunks it became. A file whose stat is unchanged is
 not read again. Files modified within the last two seconds are never cached: their mtime could
 still change without the size doing so ("racy git").
+
+A directory is walked in the trees' path order a batch at a time, and a mirroring put lands its
+entries in a tree built as they finish (a `Graft`), so a put of millions of files holds a
+bounded number of them (docs/architecture.md, *How a put reads and cuts*).
 """
 
 from __future__ import annotations
