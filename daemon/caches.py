@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from cowfs.entries import Entry
+from cowfs.entries import Entry, approx_bytes
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -56,16 +56,9 @@ class ByteLRU(Generic[K, V]):
             self.bytes = 0
 
 
-#: What one decoded `Entry` holds beyond its path and chunk references (the slotted object, its
-#: digest, ints and tuples), and per chunk reference (the `ChunkRef` and its hex id), measured
-#: with tracemalloc on entries decoded from a tree node.
-ENTRY_BASE = 260
-CHUNK_REF = 170
-
-
 def entry_bytes(e: Entry) -> int:
-    return ENTRY_BASE + len(e.path) + CHUNK_REF * len(e.chunks)
+    return approx_bytes(e)
 
 
 def listing_bytes(entries: list[Entry]) -> int:
-    return 64 + sum(8 + entry_bytes(e) for e in entries)
+    return 64 + sum(8 + approx_bytes(e) for e in entries)

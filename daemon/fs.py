@@ -554,8 +554,7 @@ class CowFS(pyfuse3.Operations):
             view.staging.rename, old, new, noreplace, self._is_open(view, new)
         )
         if old != new:
-            self.table.detach(view, new, kept)
-            self.table.rekey(view, old, new, new_parent.ino, n_new)
+            self.table.rekey(view, old, new, new_parent.ino, n_new, kept)
 
     @_op("link")
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:

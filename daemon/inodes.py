@@ -88,7 +88,7 @@ class Node:
 
     @property
     def name(self) -> bytes:
-        return self._t._names[self.ino] or b""
+        return self._t.name_of(self.ino)
 
     @property
     def unlinked(self) -> bool:
@@ -96,7 +96,7 @@ class Node:
 
 
 class InodeTable:
-    def __init__(self, index_size: int = _MIN_INDEX) -> None:
+    def __init__(self, index_size: int = _MIN_INDEX, compact_min: int = 1 << 16) -> None:
         assert index_size & (index_size - 1) == 0, "a power of two"
         # Column 0 is unused (inode 0 means "none"); `_parent` chains the free list.
         self._kind = array("B", [_FREE, _ROOT])
@@ -106,7 +106,14 @@ class InodeTable:
         self._opens = array("I", [0, 0])
         self._kids = array("I", [0, 0])
         self._vid = array("I", [0, 0])
-        self._names: list[bytes | None] = [None, b""]
+        #: Names live in one arena, each at `_noff` for `_nlen` bytes (a name is at most 255
+        #: bytes, `cowfs.names`): a `bytes` object per name would cost 33 bytes more, plus
+        #: its pointer. Names dropped or renamed away are garbage until `_compact`.
+        self._arena = bytearray()
+        self._noff = array("I", [0, 0])
+        self._nlen = array("B", [0, 0])
+        self._garbage = 0
+        self._compact_min = compact_min
         self._free = 0
         self._live = 1
         self._index = array("I", bytes(4 * index_size))
@@ -143,15 +150,26 @@ class InodeTable:
             if self._flags[ino] & _UNLINKED:
                 return self._dead_path.get(ino, "\x00dead")
             parts = []
-            names, parent, kinds = self._names, self._parent, self._kind
+            arena, off, ln, parent, kinds = (
+                self._arena,
+                self._noff,
+                self._nlen,
+                self._parent,
+                self._kind,
+            )
             while kinds[ino] == _VIEW:
-                parts.append(names[ino])
+                o = off[ino]
+                parts.append(arena[o : o + ln[ino]])
                 ino = parent[ino]
             parts.reverse()
-            return b"/".join(parts).decode()  # type: ignore[arg-type]
+            return bytearray(b"/").join(parts).decode()
         if kind in (_REPO, _GID):
-            return (self._names[ino] or b"").decode()
+            return self.name_of(ino).decode()
         return ""
+
+    def name_of(self, ino: int) -> bytes:
+        o = self._noff[ino]
+        return bytes(self._arena[o : o + self._nlen[ino]])
 
     def find(self, view: Any, path: str) -> Node | None:
         """The node at `path` in `view`, if the kernel holds one."""
@@ -185,10 +203,11 @@ class InodeTable:
         ino = self._vroot.get(vid)
         if ino is None:
             ino = self._vroot[vid] = self._alloc(_VROOT, parent, name, vid)
-        elif self._parent[ino] != parent or self._names[ino] != name:
+        elif self._parent[ino] != parent or self.name_of(ino) != name:
             self._pin(parent)
             old = self._parent[ino]
-            self._parent[ino], self._names[ino] = parent, name
+            self._parent[ino] = parent
+            self._set_name(ino, name)
             self._unpin(old)
         return Node(self, ino)
 
@@ -198,7 +217,8 @@ class InodeTable:
             self._free = self._parent[ino]
             self._kind[ino], self._flags[ino], self._parent[ino] = kind, 0, parent
             self._lookups[ino] = self._opens[ino] = self._kids[ino] = 0
-            self._vid[ino], self._names[ino] = vid, name
+            self._vid[ino] = vid
+            self._noff[ino], self._nlen[ino] = len(self._arena), len(name)
         else:
             ino = len(self._kind)
             self._kind.append(kind)
@@ -208,7 +228,9 @@ class InodeTable:
             self._opens.append(0)
             self._kids.append(0)
             self._vid.append(vid)
-            self._names.append(name)
+            self._noff.append(len(self._arena))
+            self._nlen.append(len(name))
+        self._arena += name
         if vid:
             self._vuses[vid] += 1
         self._pin(parent)
@@ -275,32 +297,39 @@ class InodeTable:
                 if not self._vuses[vid]:
                     self._release_view(vid)
             self._kind[ino] = _FREE
-            self._names[ino] = None
+            self._garbage += self._nlen[ino]
+            self._nlen[ino] = 0
             self._parent[ino] = self._free
             self._free = ino
             self._live -= 1
             if parent:
                 self._kids[parent] -= 1
             ino = parent
+        self._maybe_compact()
 
     # --- writable views: rename and unlink -----------------------------------------------------
 
-    def rekey(self, view: Any, old: str, new: str, new_parent: int, new_name: bytes) -> None:
+    def rekey(
+        self, view: Any, old: str, new: str, new_parent: int, new_name: bytes, kept: str | None
+    ) -> None:
         """After a rename, the node at `old` (the kernel keeps it) answers for `new` under
-        `new_parent`; the nodes beneath it follow, being named by their parents."""
+        `new_parent`; the nodes beneath it follow, being named by their parents. A node that
+        was at `new` is detached (`kept`: as `detach`)."""
         node = self.find(view, old)
-        if node is None:
-            return
+        self._pin(new_parent)  # before the replaced node lets go of it
         stale = self.find(view, new)
         if stale is not None and stale != node:
-            self.detach(view, new)
-        ino = node.ino
-        self._remove(ino)
-        old_parent = self._parent[ino]
-        self._pin(new_parent)
-        self._parent[ino], self._names[ino] = new_parent, new_name
-        self._insert(ino)
-        self._unpin(old_parent)
+            self.detach(view, new, kept)
+        if node is not None:
+            ino = node.ino
+            self._remove(ino)
+            old_parent = self._parent[ino]
+            self._pin(new_parent)
+            self._parent[ino] = new_parent
+            self._set_name(ino, new_name)
+            self._insert(ino)
+            self._unpin(old_parent)
+        self._unpin(new_parent)
 
     def detach(self, view: Any, path: str, kept: str | None = None) -> None:
         """A removed path: its inode lives on for open handles but no lookup finds it.
@@ -319,6 +348,29 @@ class InodeTable:
         self._unpin(parent)
         self._drop_if_unused(ino)
 
+    # --- the name arena ------------------------------------------------------------------------
+
+    def _set_name(self, ino: int, name: bytes) -> None:
+        self._garbage += self._nlen[ino]
+        self._noff[ino], self._nlen[ino] = len(self._arena), len(name)
+        self._arena += name
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        """Copy the live names into a new arena once garbage is most of it: amortized over
+        the drops that made that garbage."""
+        if self._garbage < self._compact_min or self._garbage * 2 < len(self._arena):
+            return
+        arena, off, ln = self._arena, self._noff, self._nlen
+        fresh = bytearray()
+        for ino, kind in enumerate(self._kind):
+            if kind != _FREE:
+                o = off[ino]
+                off[ino] = len(fresh)
+                fresh += arena[o : o + ln[ino]]
+        self._arena = fresh
+        self._garbage = 0
+
     # --- the (parent, name) index --------------------------------------------------------------
 
     def _home(self, parent: int, name: bytes) -> int:
@@ -326,12 +378,21 @@ class InodeTable:
 
     def _probe(self, parent: int, name: bytes) -> tuple[int, int]:
         """(slot, inode) for `(parent, name)`; inode 0 and the empty slot when absent."""
-        index, parents, names = self._index, self._parent, self._names
+        index, parents, arena, off, ln = (
+            self._index,
+            self._parent,
+            self._arena,
+            self._noff,
+            self._nlen,
+        )
         mask = len(index) - 1
         i = (hash(name) ^ (parent * _HASH_MIX)) & mask
+        n = len(name)
         while True:
             ino = index[i]
-            if not ino or (parents[ino] == parent and names[ino] == name):
+            if not ino:
+                return i, 0
+            if parents[ino] == parent and ln[ino] == n and arena[off[ino] : off[ino] + n] == name:
                 return i, ino
             i = (i + 1) & mask
 
@@ -339,7 +400,7 @@ class InodeTable:
         if (self._indexed + 1) * 2 > len(self._index):
             self._rehash(len(self._index) * 2)  # which indexes `ino` too
             return
-        i, found = self._probe(self._parent[ino], self._names[ino])  # type: ignore[arg-type]
+        i, found = self._probe(self._parent[ino], self.name_of(ino))
         assert not found
         self._index[i] = ino
         self._indexed += 1
@@ -347,7 +408,7 @@ class InodeTable:
     def _remove(self, ino: int) -> None:
         index = self._index
         mask = len(index) - 1
-        i, found = self._probe(self._parent[ino], self._names[ino])  # type: ignore[arg-type]
+        i, found = self._probe(self._parent[ino], self.name_of(ino))
         if found != ino:
             return
         index[i] = 0
@@ -358,7 +419,7 @@ class InodeTable:
             k = index[j]
             if not k:
                 return
-            h = self._home(self._parent[k], self._names[k])  # type: ignore[arg-type]
+            h = self._home(self._parent[k], self.name_of(k))
             # `k` may move back to the hole at `i` unless its home lies cyclically in (i, j].
             if (i < j and (h <= i or h > j)) or (i > j and i >= h > j):
                 index[i] = k
@@ -371,6 +432,6 @@ class InodeTable:
         indexed = (_IDS, _REPO, _GID, _VIEW)
         for ino, kind in enumerate(self._kind):
             if kind in indexed and not self._flags[ino] & _UNLINKED:
-                i, _ = self._probe(self._parent[ino], self._names[ino])  # type: ignore[arg-type]
+                i, _ = self._probe(self._parent[ino], self.name_of(ino))
                 self._index[i] = ino
                 self._indexed += 1

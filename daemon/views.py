@@ -24,9 +24,9 @@ from daemon.caches import ByteLRU, entry_bytes, listing_bytes
 
 #: Byte caps of each immutable view's caches (estimated, `daemon.caches`): entries by path,
 #: directory listings, and per directory the chunks its files live in. The tree refills them.
-ENTRY_CACHE_BYTES = 16 << 20
-LISTING_CACHE_BYTES = 32 << 20
-DIR_CHUNKS_BYTES = 8 << 20
+ENTRY_CACHE_BYTES = 8 << 20
+LISTING_CACHE_BYTES = 16 << 20
+DIR_CHUNKS_BYTES = 4 << 20
 
 DirChunks = tuple[list[str], dict[str, int]]
 

@@ -34,7 +34,8 @@ NAMES = st.sampled_from([b"a", b"b", b"c", b"d\xc3\xa9"])
 class TableMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.t = InodeTable(index_size=4)  # tiny, so the index grows and wraps around
+        # Tiny, so the index grows and wraps around and the name arena is compacted.
+        self.t = InodeTable(index_size=4, compact_min=4)
         self.views = [FakeView(("c", "r", "1")), FakeView(("c", "r", "2"))]
         repo = self.t.child(self.t.get(ROOT), b"r", "repo")
         self.t.ref(repo)
@@ -172,9 +173,7 @@ class TableMachine(RuleBasedStateMachine):
         stale = self.live_child(new_parent, name)
         if stale is not None and self.kids(stale):
             return  # a rename over a non-empty directory fails
-        # As `CowFS.rename`: the replaced target is detached first, then the source moves.
-        self.t.detach(self.views[n.view], new)
-        self.t.rekey(self.views[n.view], old, new, new_parent, name)
+        self.t.rekey(self.views[n.view], old, new, new_parent, name, None)
         if stale is not None:
             s_parent = self.m[stale].parent
             self.m[stale].dead = new
