@@ -24,7 +24,7 @@ from cowfs.tree import Node, decode_node, encode_node
 
 #: Decoded tree nodes kept in memory, capped by an estimate of the bytes they hold (a leaf of
 #: 64 entries holds about 35 KB decoded): a walk of millions of files must not keep them all.
-NODE_CACHE_BYTES = 24 << 20
+NODE_CACHE_BYTES = 32 << 20
 T = TypeVar("T")
 
 

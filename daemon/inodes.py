@@ -187,13 +187,17 @@ class InodeTable:
     def child(self, parent: Node, name: bytes, kind: str = "view") -> Node:
         """The node named `name` under `parent` (inside a view, or `ids`/`repo`/`gid` at the
         fixed levels), made if the table has none."""
-        ino = self._probe(parent.ino, name)[1]
+        slot, ino = self._probe(parent.ino, name)
         if ino:
             return Node(self, ino)
         code = _KIND_CODES[kind]
         vid = self._vid[parent.ino] if code == _VIEW else 0
         ino = self._alloc(code, parent.ino, name, vid)
-        self._insert(ino)
+        if (self._indexed + 1) * 2 > len(self._index):
+            self._rehash(len(self._index) * 2)  # which indexes `ino` too
+        else:
+            self._index[slot] = ino
+            self._indexed += 1
         return Node(self, ino)
 
     def view_root(self, view: Any, parent: int, name: bytes) -> Node:
@@ -427,11 +431,21 @@ class InodeTable:
                 i = j
 
     def _rehash(self, size: int) -> None:
-        self._index = array("I", bytes(4 * size))
-        self._indexed = 0
-        indexed = (_IDS, _REPO, _GID, _VIEW)
-        for ino, kind in enumerate(self._kind):
-            if kind in indexed and not self._flags[ino] & _UNLINKED:
-                i, _ = self._probe(self._parent[ino], self.name_of(ino))
-                self._index[i] = ino
-                self._indexed += 1
+        """One pass over the columns (inlined probing: at millions of nodes this pass is the
+        mount's longest pause, amortized over the inserts that filled the index)."""
+        index = array("I", bytes(4 * size))
+        mask = size - 1
+        kinds, flags, parents = self._kind, self._flags, self._parent
+        arena, off, ln = self._arena, self._noff, self._nlen
+        count = 0
+        for ino in range(1, len(kinds)):
+            if kinds[ino] < _IDS or kinds[ino] == _VROOT or flags[ino] & _UNLINKED:
+                continue
+            o = off[ino]
+            i = (hash(bytes(arena[o : o + ln[ino]])) ^ (parents[ino] * _HASH_MIX)) & mask
+            while index[i]:
+                i = (i + 1) & mask
+            index[i] = ino
+            count += 1
+        self._index = index
+        self._indexed = count

@@ -64,6 +64,17 @@ def make_commit(files: int, log: Log) -> None:
         log(f"built a {files}-file tree in {time.perf_counter() - t0:.1f} s")
 
 
+def rss_split(m: Mount) -> tuple[float, float]:
+    """MiB resident (anonymous, file-backed): the file-backed part is mostly LMDB pages of the
+    index (tree node bytes) mapped while read, which the kernel reclaims like page cache."""
+    assert m.proc is not None
+    got = {}
+    for line in Path(f"/proc/{m.proc.pid}/status").read_text().splitlines():
+        if line.startswith(("RssAnon:", "RssFile:")):
+            got[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return got.get("RssAnon", 0.0), got.get("RssFile", 0.0)
+
+
 def held_inodes(m: Mount) -> int:
     """The inodes the mount holds (its `status`): the kernel may have forgotten some."""
     code = (
@@ -92,6 +103,8 @@ def run(work: Path, files: int, log: Log) -> dict[str, float]:
         COWFS_STATE_DIR=str(work / "wstate"),
     )
     code = os.environ.get("COWFS_BENCH_CODE")
+    # `python -m` puts the working directory first on sys.path: run from one holding no code.
+    os.chdir(work)
     m = Mount(work, env)
     marker = work / f"wstore-{files}"
     if not marker.exists():
@@ -119,6 +132,7 @@ def run(work: Path, files: int, log: Log) -> dict[str, float]:
         )
         took = time.perf_counter() - t0
         after = m.rss_mib()
+        anon, filed = rss_split(m)
         held = held_inodes(m)
         t0 = time.perf_counter()
         subprocess.run(["find", str(m.mnt / "w/main"), "-ls"], stdout=subprocess.DEVNULL)
@@ -130,7 +144,8 @@ def run(work: Path, files: int, log: Log) -> dict[str, float]:
     log(
         f"walk {files} ({code or 'this checkout'}): {took:.1f} s ({files / took:,.0f} files/s),"
         f" RSS {before:.0f} -> {after:.0f} MiB ({per:.0f} B/file); {held} inodes held"
-        f" ({per_held:.0f} B each); again {again:.1f} s"
+        f" ({per_held:.0f} B each); after: anon {anon:.0f} MiB, file {filed:.0f} MiB;"
+        f" again {again:.1f} s"
     )
     return {
         "walk files": files,
@@ -140,6 +155,8 @@ def run(work: Path, files: int, log: Log) -> dict[str, float]:
         "walk rss before MiB": before,
         "walk rss after MiB": after,
         "walk bytes per file": per,
+        "walk rss anon after MiB": anon,
+        "walk rss file after MiB": filed,
         "walk inodes held": held,
         "walk bytes per held inode": per_held,
     }
