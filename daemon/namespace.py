@@ -31,6 +31,7 @@ from cowfs.staging import Staging, StagingError, list_areas
 from cowfs.staging_commit import open_write, seal
 from daemon import attrs
 from daemon.inodes import InodeTable, Node
+from daemon.residency import release_maps
 from daemon.views import View, commit_view, write_view
 
 log = logging.getLogger("cowfs.mount")
@@ -320,6 +321,7 @@ class Namespace:
             if time.monotonic() - swept >= SWEEP_S:
                 swept = time.monotonic()
                 self.sweep_views()
+                release_maps(self.lake.store.index.path)
             for (repo, branch), (_, seen) in list(self.watched.items()):
                 if time.monotonic() - seen > WATCH_IDLE_S:
                     del self.watched[(repo, branch)]

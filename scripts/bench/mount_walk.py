@@ -21,6 +21,8 @@ from mount_fio import Mount
 
 Log = Callable[[str], None]
 PER_DIR = 1000
+#: Past one sweep of the mount's poller (`namespace.SWEEP_S`), which gives back mapped LMDB pages.
+SETTLE_S = 12
 DIRS_PER_GROUP = 100
 
 
@@ -134,6 +136,8 @@ def run(work: Path, files: int, log: Log) -> dict[str, float]:
         after = m.rss_mib()
         anon, filed = rss_split(m)
         held = held_inodes(m)
+        time.sleep(SETTLE_S)
+        settled, (s_anon, s_file) = m.rss_mib(), rss_split(m)
         t0 = time.perf_counter()
         subprocess.run(["find", str(m.mnt / "w/main"), "-ls"], stdout=subprocess.DEVNULL)
         again = time.perf_counter() - t0
@@ -145,6 +149,7 @@ def run(work: Path, files: int, log: Log) -> dict[str, float]:
         f"walk {files} ({code or 'this checkout'}): {took:.1f} s ({files / took:,.0f} files/s),"
         f" RSS {before:.0f} -> {after:.0f} MiB ({per:.0f} B/file); {held} inodes held"
         f" ({per_held:.0f} B each); after: anon {anon:.0f} MiB, file {filed:.0f} MiB;"
+        f" {SETTLE_S} s later {settled:.0f} MiB (anon {s_anon:.0f}, file {s_file:.0f});"
         f" again {again:.1f} s"
     )
     return {
@@ -157,6 +162,8 @@ def run(work: Path, files: int, log: Log) -> dict[str, float]:
         "walk bytes per file": per,
         "walk rss anon after MiB": anon,
         "walk rss file after MiB": filed,
+        "walk rss settled MiB": settled,
+        "walk rss file settled MiB": s_file,
         "walk inodes held": held,
         "walk bytes per held inode": per_held,
     }
