@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from cowfs.entries import Entry, dir_entry
 from cowfs.errors import UsageError
 from cowfs.names import ancestors
-from cowfs.tree import NodeStore, iter_under, lookup
+from cowfs.tree import Graft, NodeStore, iter_under, lookup
 
 
 @dataclass
@@ -27,9 +27,12 @@ class ChangeSet:
     #: directory; `""` is the root). Resolved against whatever head the change lands on, so a
     #: retry after a lost swap deletes what the *new* head has there, not what the old one had.
     mirror: list[str] = field(default_factory=list)
+    #: A tree that replaces everything beneath its prefix (a mirroring `put` of a directory,
+    #: built as it was read): like `mirror` with `puts`, but the entries stay in the store.
+    graft: Graft | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.puts or self.deletes or self.mirror)
+        return bool(self.puts or self.deletes or self.mirror or self.graft)
 
 
 def resolve(nodes: NodeStore, base: str, changes: ChangeSet) -> dict[str, Entry | None]:

@@ -5,25 +5,34 @@ Files smaller than the average chunk are read back to back as one stream and cut
 100,000 tiny files become a few hundred chunks instead of 100,000 objects; each small file then
 refers to a slice of one chunk (or of two, where a cut falls inside it).
 
-The calling thread reads and cuts (FastCDC) and computes each file's digest; a thread pool
-hashes each chunk for its address, compresses it if that pays, and uploads it. In-flight chunks
-are bounded, so memory stays flat whatever is being put.
+A put is a pipeline of stages joined by bounded queues, each stage in a library call that
+releases the GIL, so that both cores work: a large file is read a few blocks ahead on a thread of
+its own (`readahead.BlockReader`), small files by a pool of readers in order; the calling thread
+cuts (FastCDC) each block where it lies, without copying it; one thread hashes the file's digest,
+block after block; a pool hashes each chunk for its address, compresses it if that pays, and
+uploads it. Blocks read ahead and chunks in flight are bounded, so memory stays flat whatever is
+being put.
+
+Cuts are those of `FastCDC.cut_stream` over the whole file (and so of `cut_buf`): FastCDC
+decides each cut from at most `MAX_CHUNK` bytes after the previous one, so a cut found in a block
+is final once `MAX_CHUNK` bytes of the block follow its start, or the block is the last one.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
 
 import blake3
 from pyfastcdc.cy import FastCDC
 
-from cowfs.entries import ChunkRef
+from cowfs.entries import ChunkRef, Entry, EntryType
 from cowfs.objects import object_id
+from cowfs.readahead import Block, BlockReader, Readable, read_blocks
 from cowfs.store import Store
 
 MIN_CHUNK = 256 * 1024
@@ -32,12 +41,17 @@ MAX_CHUNK = 4 * 1024 * 1024
 #: Files below this size go into the shared pack stream.
 SMALL_FILE = AVG_CHUNK
 _IN_FLIGHT = 32
+_KEEP_FUTURES = 4096
+#: A large file is read in blocks of this size, `_BLOCKS_AHEAD` of them ahead of the cutter.
+BLOCK = 16 * 1024 * 1024
+_BLOCKS_AHEAD = 2
+#: A stream read on the calling thread (a request body) is read in smaller blocks: many may
+#: be cut at once, and nothing is read ahead.
+_STREAM_BLOCK = 4 * 1024 * 1024
+#: A pack stream tries to cut after this many files even if they add up to few bytes.
+_PACK_TRY_FILES = 4096
 
-
-class Readable(Protocol):
-    """What the cutter reads from: an open binary file, or anything with `readinto`."""
-
-    def readinto(self, buffer: memoryview, /) -> int: ...
+__all__ = ["Readable", "Chunker", "FileData", "Pending"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,12 @@ class FileData:
     size: int
     digest: bytes
     chunks: tuple[ChunkRef, ...]
+
+    def entry(self, path: str, mode: int, mtime_ns: int) -> Entry:
+        """The file entry these bytes make at `path` (every writer lands files through here)."""
+        return Entry(
+            path, EntryType.FILE, mode & 0o7777, self.size, mtime_ns, self.digest, self.chunks
+        )
 
 
 class Pending:
@@ -76,7 +96,10 @@ class Chunker:
         store: Store,
         progress: Callable[[int], None] | None = None,
         workers: int | None = None,
+        slots: threading.Semaphore | None = None,
     ) -> None:
+        """`slots` bounds the chunks in flight; pass one semaphore to many chunkers to share
+        one budget between them (a gateway's concurrent uploads)."""
         self.store = store
         self.progress = progress or (lambda n: None)
         self.cdc = FastCDC(AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
@@ -86,7 +109,7 @@ class Chunker:
             cores = os.cpu_count() or 2
             workers = 16 if not store.objects.is_local else min(8, cores * 2)
         self.pool = ThreadPoolExecutor(workers)
-        self.slots = threading.BoundedSemaphore(_IN_FLIGHT)
+        self.slots = slots or threading.BoundedSemaphore(_IN_FLIGHT)
         self.futures: list[Future[str]] = []
         #: The first upload failure: later submits raise it at once, so a dead store stops a
         #: put after one request's timeout rather than after every chunk's.
@@ -115,6 +138,9 @@ class Chunker:
             raise self._failed
         self.slots.acquire()
         fut = self.pool.submit(self._upload, data)
+        if len(self.futures) >= _KEEP_FUTURES:
+            # A long put keeps only the uploads still running (a failure is in `_failed`).
+            self.futures = [f for f in self.futures if not f.done()]
         self.futures.append(fut)
         return fut
 
@@ -123,39 +149,58 @@ class Chunker:
         for f in self.futures:
             f.result()
         self.futures.clear()
+        if self._failed is not None:
+            raise self._failed
 
     # --- producers -------------------------------------------------------------------------
 
     def add_file(self, path: str | os.PathLike[str]) -> Pending:
-        """Cut one large file into chunks of its own."""
-        with open(path, "rb") as f:
-            return self.add_stream(f)
+        """Cut one large file into chunks of its own, reading it ahead on a thread."""
+        with open(path, "rb") as f, BlockReader(f, BLOCK, MAX_CHUNK, _BLOCKS_AHEAD) as blocks:
+            return self._cut_blocks(blocks)
 
     def add_stream(self, readable: Readable) -> Pending:
         """Cut everything `readable` yields until it is exhausted into chunks of its own.
 
-        For bytes that are not a file on disk (a span of a staged file, say): the caller need
-        not hold them all in memory, as `add_bytes` would. Uploads run in the background;
-        `wait()` or the result's `result()` waits for them. Progress is reported per chunk.
+        For bytes that are not a file on disk (a span of a staged file, a request body): the
+        caller need not hold them all in memory, as `add_bytes` would. `readable` is read on
+        the calling thread (a gateway's body pipe works only there). Uploads run in the
+        background; `wait()` or the result's `result()` waits for them. Progress is reported
+        per chunk.
         """
+        return self._cut_blocks(read_blocks(readable, _STREAM_BLOCK, MAX_CHUNK))
+
+    def add_bytes(self, data: bytes | bytearray | memoryview) -> Pending:
+        """Cut bytes already in memory. Chunks are slices of `data` when it is `bytes` (it
+        cannot change under the uploads); anything else is copied once first."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        view = memoryview(data)
         pending = Pending()
-        hasher = blake3.blake3()
-        for c in self.cdc.cut_stream(readable):
-            data = bytes(c.data)
-            hasher.update(data)
-            pending.parts.append((self._submit(data), 0, c.length))
-            pending.size += c.length
-            self.progress(c.length)
-        pending.digest = hasher.digest()
+        for off, n in final_cuts(self.cdc, view, last=True):
+            pending.parts.append((self._submit(view[off : off + n]), 0, n))
+            pending.size += n
+        pending.digest = blake3.blake3(data).digest()
         return pending
 
-    def add_bytes(self, data: bytes | memoryview) -> Pending:
+    def _cut_blocks(self, blocks: Iterable[Block]) -> Pending:
         pending = Pending()
-        for c in self.cdc.cut_buf(data):
-            chunk = bytes(c.data)
-            pending.parts.append((self._submit(chunk), 0, c.length))
-            pending.size += c.length
-        pending.digest = blake3.blake3(data).digest()
+        hasher = blake3.blake3()
+        hashing: Future[object] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="cowfs-digest") as digest:
+            for window, cuts in _windows(self.cdc, blocks):
+                end = 0
+                for _, off, n in cuts:
+                    end = off + n
+                    pending.parts.append((self._submit(window[off:end]), 0, n))
+                    pending.size += n
+                    self.progress(n)
+                if hashing is not None:
+                    hashing.result()  # one block hashing, one waiting: memory stays bounded
+                hashing = digest.submit(hasher.update, window[:end])
+            if hashing is not None:
+                hashing.result()
+        pending.digest = hasher.digest()
         return pending
 
     def add_small_files(self, contents: Iterable[bytes]) -> list[Pending]:
@@ -163,59 +208,152 @@ class Chunker:
 
         `contents` is consumed lazily, so a caller can read files as the cutter needs them.
         """
-        stream = _Concat(contents, self.progress)
-        spans: list[tuple[Future[str], int, int]] = []  # (chunk, stream start, length)
-        for c in self.cdc.cut_stream(stream):
-            spans.append((self._submit(bytes(c.data)), c.offset, c.length))
-        out: list[Pending] = []
-        ci = 0
-        for (start, end), digest in zip(stream.bounds, stream.digests, strict=True):
+        packer = self.packer()
+        spans = []
+        for data in contents:
+            spans.append((packer.add(data), blake3.blake3(data).digest()))
+        packer.finish()
+        out = []
+        for (start, end), digest in spans:
             p = Pending()
+            p.parts = packer.refs(start, end)
             p.size = end - start
             p.digest = digest
-            while ci < len(spans) and spans[ci][1] + spans[ci][2] <= start:
-                ci += 1
-            j = ci
-            while j < len(spans) and spans[j][1] < end:
-                fut, cstart, clen = spans[j]
-                lo = max(start, cstart)
-                hi = min(end, cstart + clen)
-                p.parts.append((fut, lo - cstart, hi - lo))
-                j += 1
+            packer.release(end)
             out.append(p)
         return out
 
+    def packer(self) -> Packer:
+        """A stream of small files to add one at a time (`Packer.add`), cut as it fills."""
+        return Packer(self)
 
-class _Concat:
-    """A readable stream that is the concatenation of many byte strings, hashing each one."""
 
-    def __init__(self, contents: Iterable[bytes], progress: Callable[[int], None]) -> None:
-        self.contents = iter(contents)
-        self.progress = progress
-        self.bounds: list[tuple[int, int]] = []
-        self.digests: list[bytes] = []
-        self.pos = 0
-        self.buf = memoryview(b"")
+def store_stream(
+    store: Store,
+    source: Readable | bytes,
+    slots: threading.Semaphore | None = None,
+) -> FileData:
+    """Chunk and store one file's bytes (a stream read to its end, or bytes in memory) and
+    return once every chunk is stored: the one way a single stream becomes a stored file, for
+    the S3 gateway's bodies as for the Python API's writer."""
+    with Chunker(store, slots=slots) as chunker:
+        if isinstance(source, bytes):
+            pending = chunker.add_bytes(source)
+        else:
+            pending = chunker.add_stream(source)
+        chunker.wait()
+        return pending.result()
 
-    def _next_file(self) -> bool:
-        data = next(self.contents, None)
-        if data is None:
-            return False
-        self.bounds.append((self.pos, self.pos + len(data)))
-        self.digests.append(blake3.blake3(data).digest())
-        self.buf = memoryview(data)
-        return True
 
-    def readinto(self, out: memoryview) -> int:
-        n = 0
-        want = len(out)
-        while n < want:
-            if not self.buf and not self._next_file():
-                break
-            k = min(want - n, len(self.buf))
-            out[n : n + k] = self.buf[:k]
-            self.buf = self.buf[k:]
-            n += k
+def final_cuts(cdc: FastCDC, window: memoryview, last: bool) -> list[tuple[int, int]]:
+    """The (offset, length) of each chunk of `window` that more bytes after it cannot move.
+
+    FastCDC scans from a chunk's start for the first position whose gear hash matches, up to
+    `MAX_CHUNK` bytes; its threshold changes at `AVG_CHUNK`. So a chunk whose cut is a match
+    (shorter than what the window holds after its start, with at least `AVG_CHUNK` there) or
+    that had a whole `MAX_CHUNK` to look at is final; only the uncut tail of a window waits
+    for the next block. With `last`, the window ends the stream and every chunk is final.
+    """
+    out: list[tuple[int, int]] = []
+    size = len(window)
+    for c in cdc.cut_buf(window):
+        room = size - c.offset
+        if not (last or room >= MAX_CHUNK or (room >= AVG_CHUNK and c.length < room)):
+            break
+        out.append((c.offset, c.length))
+    return out
+
+
+def _windows(
+    cdc: FastCDC, blocks: Iterable[Block]
+) -> Iterator[tuple[memoryview, list[tuple[int, int, int]]]]:
+    """Each block with the uncut tail of the one before in its headroom, and the final cuts
+    in it as (stream offset, window offset, length). The tail is the only byte copied."""
+    carry = memoryview(b"")
+    pos = 0  # stream offset of the window's first byte
+    for b in blocks:
+        start = MAX_CHUNK - len(carry)
+        b.buf[start:MAX_CHUNK] = carry
+        window = memoryview(b.buf)[start : MAX_CHUNK + b.size]
+        cuts = final_cuts(cdc, window, b.last)
+        end = cuts[-1][0] + cuts[-1][1] if cuts else 0
+        yield window, [(pos + off, off, n) for off, n in cuts]
+        carry = window[end:]
+        pos += end
+
+
+class Packer:
+    """Small files pushed one by one into one stream, cut now and then as it fills.
+
+    `add` answers where a file lies in the stream; once `done` has passed its end, `refs` gives
+    its chunk slices (the chunks may still be uploading). Callers take files in the order
+    they added them and `release` each, so the packer holds only the chunks of files not yet
+    taken. The cuts and slices are those of cutting the whole concatenation at once, so a
+    file's references never depend on when cuts were tried.
+    """
+
+    def __init__(self, chunker: Chunker) -> None:
+        self.chunker = chunker
+        self._new_block(memoryview(b""))
+        self.pos = 0  # stream offset of the next byte added
+        self.done = 0  # stream offset up to which chunks are final
+        #: Final chunks not yet released: (upload, stream start, length), in stream order.
+        self.chunks: deque[tuple[Future[str], int, int]] = deque()
+
+    def _new_block(self, carry: memoryview) -> None:
+        self.buf = bytearray(MAX_CHUNK + BLOCK)
+        self.start = MAX_CHUNK - len(carry)
+        self.buf[self.start : MAX_CHUNK] = carry
+        self.fill = self.tried = MAX_CHUNK
+        self.added = 0
+
+    def add(self, data: bytes | memoryview) -> tuple[int, int]:
+        """Append one file's bytes; its (start, end) in the stream."""
+        start = self.pos
+        view = memoryview(data)
+        while view:
+            k = min(len(view), len(self.buf) - self.fill)
+            self.buf[self.fill : self.fill + k] = view[:k]
+            self.fill += k
             self.pos += k
-        self.progress(n)
-        return n
+            view = view[k:]
+            if self.fill == len(self.buf):
+                self._cut(last=False)
+                self._new_block(memoryview(self.buf)[self.start : self.fill])
+        self.added += 1
+        if self.fill - self.tried >= AVG_CHUNK or self.added >= _PACK_TRY_FILES:
+            # Cut now and then before the block is full, so that a file's chunks (and with
+            # them its entry) are known soon after it is added, however small the files are.
+            self._cut(last=False)
+        self.chunker.progress(len(data))
+        return start, self.pos
+
+    def finish(self) -> None:
+        self._cut(last=True)
+
+    def refs(self, start: int, end: int) -> list[tuple[Future[str], int, int]]:
+        """The slices of `[start, end)` (needs `end <= done`): every chunk that overlaps it,
+        and for an empty file strictly inside a chunk a 0-byte slice of that chunk."""
+        out = []
+        for fut, cstart, clen in self.chunks:
+            if cstart >= end:
+                break
+            if cstart + clen > start:
+                lo, hi = max(start, cstart), min(end, cstart + clen)
+                out.append((fut, lo - cstart, hi - lo))
+        return out
+
+    def release(self, end: int) -> None:
+        """Forget the chunks that lie wholly before `end` (the files there were taken)."""
+        while self.chunks and self.chunks[0][1] + self.chunks[0][2] <= end:
+            self.chunks.popleft()
+
+    def _cut(self, last: bool) -> None:
+        """Submit the final chunks of what is buffered and not yet cut."""
+        self.tried = self.fill
+        self.added = 0
+        window = memoryview(self.buf)[self.start : self.fill]
+        for off, n in final_cuts(self.chunker.cdc, window, last):
+            self.chunks.append((self.chunker._submit(window[off : off + n]), self.done, n))
+            self.done += n
+            self.start += n

@@ -9,6 +9,7 @@ incarnation left behind.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -428,8 +429,11 @@ class Lake:
                 tags.refuse_branch_named_like_tag(self.objects, repo, branch)  # history hook
             base = head.tree if head else tree.empty_tree(self.store)
             edits = resolve(self.store, base, changes)
-            self.store.refuse_doubted(e for e in edits.values() if e is not None)
-            new_tree = tree.apply(self.store, base, edits)
+            grafted = tree.iter_all(self.store, changes.graft.root) if changes.graft else ()
+            self.store.refuse_doubted(
+                e for e in itertools.chain(edits.values(), grafted) if e is not None
+            )
+            new_tree = tree.apply(self.store, base, edits, changes.graft)
             if head is not None and new_tree == head.tree and not allow_empty:
                 return head
             files, size = tree.totals(self.store, new_tree)

@@ -85,7 +85,7 @@ def encode(kind: Kind, plain: bytes | memoryview) -> bytes:
         packed = _compressor().compress(plain)
         if len(packed) < _WORTH_IT * len(plain):
             return _HEADER.pack(MAGIC, VERSION, kind, Codec.ZSTD, len(plain)) + packed
-    return _HEADER.pack(MAGIC, VERSION, kind, Codec.RAW, len(plain)) + bytes(plain)
+    return b"".join((_HEADER.pack(MAGIC, VERSION, kind, Codec.RAW, len(plain)), plain))
 
 
 def decode(oid: str, framed: bytes, kind: Kind | None = None) -> bytes:

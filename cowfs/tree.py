@@ -77,7 +77,7 @@ def is_boundary(key: str, level: int) -> bool:
     return xxhash.xxh3_64_intdigest(key.encode()) & mask == 0
 
 
-class _Builder:
+class Builder:
     """Builds the canonical tree from entries (and whole reused subtrees) fed in key order."""
 
     def __init__(self, nodes: NodeStore) -> None:
@@ -132,7 +132,7 @@ class _Builder:
 
 def build(nodes: NodeStore, entries: Iterable[Entry]) -> str:
     """Build a tree from entries already sorted by path; returns the root id."""
-    b = _Builder(nodes)
+    b = Builder(nodes)
     for e in entries:
         b.add_entry(e)
     return b.finish()
@@ -142,51 +142,199 @@ def empty_tree(nodes: NodeStore) -> str:
     return nodes.save_node(Node(0, ()))
 
 
-def apply(nodes: NodeStore, root: str, edits: Mapping[str, Entry | None]) -> str:
-    """Return the root of `root` with `edits` applied (None deletes a path).
+def apply(
+    nodes: NodeStore,
+    root: str,
+    edits: Mapping[str, Entry | None],
+    graft: Graft | None = None,
+) -> str:
+    """Return the root of `root` with `edits` applied (None deletes a path), and `graft`'s
+    entries put in place of everything strictly beneath its prefix.
 
     Walks the old tree in key order, re-using every subtree that no edit touches and that ends
     on a boundary of its own level, so the cost is proportional to the edits, not to the tree.
+    A graft's entries are read from its tree as they are needed, never all held at once.
     """
-    if not edits:
+    if not edits and graft is None:
         return root
-    keys = sorted(edits)
-    ei = 0
-    b = _Builder(nodes)
+    b = Builder(nodes)
+    stream = _Edits(edits, nodes, graft)
 
-    def emit_edits_before(key: str | None) -> None:
-        nonlocal ei
-        while ei < len(keys) and (key is None or keys[ei] < key):
-            new = edits[keys[ei]]
-            if new is not None:
-                b.add_entry(new)
-            ei += 1
-
-    def walk(node_id: str) -> None:
-        nonlocal ei
+    def walk(node_id: str, before: str | None) -> None:
         node = nodes.load_node(node_id)
         if node.level == 0:
             for e in node.items:
-                emit_edits_before(e.path)
-                if ei < len(keys) and keys[ei] == e.path:
-                    new = edits[keys[ei]]
+                stream.emit_before(e.path, b)
+                new = stream.take(e.path)
+                if new is not _NONE:
                     if new is not None:
                         b.add_entry(new)
-                    ei += 1
-                else:
+                elif not stream.dropped(e.path):
                     b.add_entry(e)
             return
         for child in node.items:
-            untouched = ei == len(keys) or keys[ei] > child.last_key
             level = node.level - 1
-            if untouched and b.aligned(level) and is_boundary(child.last_key, level):
+            if (
+                stream.untouched(before, child.last_key)
+                and b.aligned(level)
+                and is_boundary(child.last_key, level)
+            ):
                 b.add_subtree(level, child)
             else:
-                walk(child.id)
+                walk(child.id, before)
+            before = child.last_key
 
-    walk(root)
-    emit_edits_before(None)
+    walk(root, None)
+    stream.emit_before(None, b)
     return b.finish()
+
+
+@dataclass(frozen=True, slots=True)
+class Graft:
+    """A tree of entries (full paths, all strictly beneath `prefix`) that replaces whatever
+    lies beneath `prefix`: how a put of a large directory lands without its entries in memory."""
+
+    prefix: str
+    root: str
+
+    def covers(self, path: str) -> bool:
+        return path.startswith(self.prefix + "/") if self.prefix else True
+
+
+_NONE = object()
+
+
+class _GraftCursor:
+    """A position in a graft's tree that can hand over a whole subtree without opening it."""
+
+    def __init__(self, nodes: NodeStore, root: str) -> None:
+        self.nodes = nodes
+        node = nodes.load_node(root)
+        self.stack: list[list] = [[node, 0]] if node.items else []
+        self._first: str | None = None  # first key of what is next, once looked up
+
+    def _settle(self) -> None:
+        while self.stack and self.stack[-1][1] >= len(self.stack[-1][0].items):
+            self.stack.pop()
+            if self.stack:
+                self.stack[-1][1] += 1
+
+    def first_key(self) -> str | None:
+        self._settle()
+        if not self.stack:
+            return None
+        if self._first is None:
+            node, i = self.stack[-1]
+            item = node.items[i]
+            while node.level > 0:
+                node = self.nodes.load_node(item.id)
+                item = node.items[0]
+            self._first = item.path
+        return self._first
+
+    def whole(self) -> tuple[int, Child] | None:
+        """The unopened subtree that comes next, with its level (None at a leaf's entries)."""
+        self._settle()
+        node, i = self.stack[-1]
+        return (node.level - 1, node.items[i]) if node.level > 0 else None
+
+    def skip(self) -> None:
+        self.stack[-1][1] += 1
+        self._first = None
+
+    def open(self) -> None:
+        node, i = self.stack[-1]
+        self.stack.append([self.nodes.load_node(node.items[i].id), 0])
+
+    def pop_entry(self) -> Entry:
+        self._settle()
+        while self.stack[-1][0].level > 0:
+            self.open()
+        node, i = self.stack[-1]
+        self.stack[-1][1] += 1
+        self._first = None
+        return node.items[i]
+
+
+class _Edits:
+    """The edits of one `apply` in key order: a dict's, merged with a graft's as they are read.
+    Whole subtrees of the graft that nothing else falls inside are reused as they are."""
+
+    def __init__(
+        self, edits: Mapping[str, Entry | None], nodes: NodeStore, graft: Graft | None
+    ) -> None:
+        self.edits = edits
+        self.keys = sorted(edits)
+        self.ei = 0
+        self.graft = graft
+        self.cursor = _GraftCursor(nodes, graft.root) if graft else None
+
+    def _dict_key(self) -> str | None:
+        return self.keys[self.ei] if self.ei < len(self.keys) else None
+
+    def _graft_key(self) -> str | None:
+        return self.cursor.first_key() if self.cursor is not None else None
+
+    def _next_key(self) -> str | None:
+        k, g = self._dict_key(), self._graft_key()
+        if k is None or (g is not None and g < k):
+            return g
+        return k
+
+    def _pop(self) -> Entry | None:
+        k, g = self._dict_key(), self._graft_key()
+        if g is not None and (k is None or g <= k):
+            assert self.cursor is not None
+            e = self.cursor.pop_entry()
+            if k == e.path:
+                self.ei += 1  # the graft wins over a dict edit of the same path
+            return e
+        self.ei += 1
+        return self.edits[k]  # type: ignore[index]
+
+    def emit_before(self, key: str | None, b: Builder) -> None:
+        while (nk := self._next_key()) is not None and (key is None or nk < key):
+            k = self._dict_key()
+            if self.cursor is not None and nk == self._graft_key() and nk != k:
+                whole = self.cursor.whole()
+                if whole is not None:
+                    level, child = whole
+                    last = child.last_key
+                    if (
+                        (key is None or last < key)
+                        and (k is None or last < k)
+                        and b.aligned(level)
+                        and is_boundary(last, level)
+                    ):
+                        b.add_subtree(level, child)
+                        self.cursor.skip()
+                    else:
+                        self.cursor.open()
+                    continue
+            new = self._pop()
+            if new is not None:
+                b.add_entry(new)
+
+    def take(self, key: str) -> Entry | None | object:
+        """The edit of exactly `key` (None: delete), or `_NONE` when there is none."""
+        if self._next_key() == key:
+            return self._pop()
+        return _NONE
+
+    def dropped(self, path: str) -> bool:
+        return self.graft is not None and self.graft.covers(path)
+
+    def untouched(self, after: str | None, last: str) -> bool:
+        """Whether no edit and no grafted range falls in the keys `(after, last]`."""
+        nk = self._next_key()
+        if nk is not None and nk <= last:
+            return False
+        if self.graft is None:
+            return True
+        if not self.graft.prefix:
+            return False
+        lo, hi = self.graft.prefix + "/", self.graft.prefix + "0"
+        return last < lo or (after is not None and after >= hi)
 
 
 def lookup(nodes: NodeStore, root: str, path: str) -> Entry | None:

@@ -8,7 +8,9 @@ files are packed together into shared chunks the way `cowfs put` packs them. Not
 until `commit()`; a writer dropped, aborted or left by an exception lands nothing (its uploaded
 chunks are unreferenced and wait for garbage collection, as after a failed put).
 
-The Python API, the fsspec filesystem and (later) the S3 gateway all write through this class.
+The Python API and the fsspec filesystem write through this class; it and the S3 gateway cut,
+hash and upload through the same `chunking` calls (`Chunker.add_stream`, `store_stream`,
+`final_cuts`), so a file's chunks are the same whichever way it was written.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from types import TracebackType
 import blake3
 
 from cowfs.changes import ChangeSet
-from cowfs.chunking import MAX_CHUNK, SMALL_FILE, Chunker, FileData, Pending, Readable
+from cowfs.chunking import MAX_CHUNK, SMALL_FILE, Chunker, FileData, Pending, Readable, final_cuts
 from cowfs.commits import Commit
-from cowfs.entries import Entry, EntryType, dir_entry
+from cowfs.entries import Entry, dir_entry
 from cowfs.errors import ReadOnly, UsageError
 from cowfs.lake import Lake
 from cowfs.names import ancestors, check_name, normalize_path
@@ -258,9 +260,7 @@ class BranchWriter:
             return put.entry
         assert put.data is not None
         data = put.data.result() if isinstance(put.data, Pending) else put.data
-        return Entry(
-            path, EntryType.FILE, put.mode, data.size, put.mtime_ns, data.digest, data.chunks
-        )
+        return data.entry(path, put.mode, put.mtime_ns)
 
     def _add_data(self, key: str, put: _Put) -> None:
         self._set(key, put)
@@ -295,12 +295,8 @@ class _Prefixed:
 
 def _last_final_cut(chunker: Chunker, buf: bytearray) -> int:
     """Where the last cut of `buf` falls that more bytes could not move (0 if none yet)."""
-    end = 0
-    for c in chunker.cdc.cut_buf(buf):
-        if len(buf) - c.offset < MAX_CHUNK:
-            break
-        end = c.offset + c.length
-    return end
+    cuts = final_cuts(chunker.cdc, memoryview(buf), last=False)
+    return cuts[-1][0] + cuts[-1][1] if cuts else 0
 
 
 class StreamSink:

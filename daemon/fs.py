@@ -52,10 +52,12 @@ def _op(name: str) -> Callable[[F], F]:
     """Count and time a handler, and turn every failure into an errno the kernel understands."""
 
     def wrap(fn: F) -> F:
+        ops, seconds = FUSE_OPS.labels(name), FUSE_SECONDS.labels(name)
+
         @functools.wraps(fn)
         async def handler(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
-            FUSE_OPS.labels(name).inc()
+            ops.inc()
             try:
                 return await fn(*args, **kwargs)
             except pyfuse3.FUSEError as e:
@@ -77,7 +79,7 @@ def _op(name: str) -> Callable[[F], F]:
                 FUSE_ERRORS.labels(name, "EIO").inc()
                 raise pyfuse3.FUSEError(errno.EIO) from None
             finally:
-                FUSE_SECONDS.labels(name).observe(time.perf_counter() - t0)
+                seconds.observe(time.perf_counter() - t0)
 
         return handler  # type: ignore[return-value]
 

@@ -408,7 +408,7 @@ def test_a_file_vanishing_during_put_is_skipped(
     real_scan = snap.scan
 
     def scan_then_remove(root: Path):  # noqa: ANN202
-        found = real_scan(root)
+        found = list(real_scan(root))
         (root / "gone.txt").unlink()
         (root / "big.bin").unlink()
         return found

@@ -1,9 +1,9 @@
 """Request bodies straight into chunks, and the entries and change sets they become.
 
-The one place the gateway turns bytes into a file of the lake (kept small so that it and the
-Python API's writer can become one). A body is read on the event loop and handed, a megabyte at
-a time, to a worker thread that cuts and uploads it with `Chunker.add_stream`; at most a few
-pieces wait between the two, so a 1 GiB upload is never whole in memory.
+The gateway's side of turning bytes into a file of the lake: the cutting, hashing and uploading
+are `chunking.store_stream`'s, shared with the Python API's writer. A body is read on the event
+loop and handed, a megabyte at a time, to a worker thread that `store_stream` reads it from; at
+most a few pieces wait between the two, so a 1 GiB upload is never whole in memory.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import blake3
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from cowfs.changes import ChangeSet
-from cowfs.chunking import Chunker, FileData
-from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
+from cowfs.chunking import FileData, store_stream
+from cowfs.entries import ChunkRef, Entry, dir_entry
 from cowfs.s3gateway.errors import S3Error
 from cowfs.store import Store
 
@@ -79,15 +79,9 @@ class _Pipe:
 def _cut(
     store: Store, readable: _Pipe | None, data: bytes | None, slots: threading.Semaphore | None
 ) -> FileData:
-    with Chunker(store) as chunker:
-        if slots is not None:
-            # One budget of in-flight chunks for all uploads rather than one per upload (the
-            # chunker takes and gives back a slot per chunk; a `slots=` argument would be
-            # cleaner).
-            chunker.slots = slots
-        pending = chunker.add_bytes(data) if data is not None else chunker.add_stream(readable)
-        chunker.wait()
-        return pending.result()
+    source = data if data is not None else readable
+    assert source is not None
+    return store_stream(store, source, slots)
 
 
 async def ingest(
@@ -176,15 +170,7 @@ class BodyCheck:
 
 
 def file_entry(path: str, data: FileData, mtime_ns: int | None = None) -> Entry:
-    return Entry(
-        path,
-        EntryType.FILE,
-        0o644,
-        data.size,
-        time.time_ns() if mtime_ns is None else mtime_ns,
-        data.digest,
-        data.chunks,
-    )
+    return data.entry(path, 0o644, time.time_ns() if mtime_ns is None else mtime_ns)
 
 
 def folder_entry(path: str) -> Entry:

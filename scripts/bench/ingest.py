@@ -3,9 +3,14 @@
 
 Puts a 1 GiB file and 20,000 files of 16 KiB into a local store and into SeaweedFS, then changes
 5 MiB in the middle of the 1 GiB file and puts it again, counting the chunks that were uploaded.
+Then the memory of a large put: tiny files in directories of 1,000 (`--many`, on /dev/shm when
+it has room, so the disk's speed does not matter), put once into a fresh local store with the
+peak RSS of the `cowfs put` process taken; with `--many` given twice or more (e.g.
+`--many 100000,400000`) the per-file cost shows whether memory stays flat as files grow.
 Prints a markdown table with MB/s, files/s and ratios to `cp`; paste it into docs/benchmarks.md.
 
     python3 scripts/bench/ingest.py [--dir /tmp/cowfs-bench] [--big-mib 1024] [--small 20000]
+        [--many 200000[,500000]] [--no-s3]
 """
 
 from __future__ import annotations
@@ -55,6 +60,72 @@ def make_data(root: Path, big_mib: int, small: int) -> tuple[Path, Path]:
             d.mkdir(parents=True, exist_ok=True)
             (d / f"f{i:06d}.bin").write_bytes(os.urandom(16 * 1024))
     return big, smalldir
+
+
+_PEAK = (
+    "import atexit, resource, runpy, sys\n"
+    "atexit.register(lambda: print('peak-rss-kib', "
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
+    "sys.argv = ['cowfs', *sys.argv[1:]]\n"
+    "runpy.run_module('cowfs.cli.main', run_name='__main__')\n"
+)
+
+
+def make_many(root: Path, n: int) -> Path:
+    """`n` files of a few bytes in directories of 1,000 (reused when already there)."""
+    top = root / f"many-{n}"
+    if (top / "done").exists():
+        return top
+    shutil.rmtree(top, ignore_errors=True)
+    for i in range(n):
+        d = top / f"d{i // 1000:05d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True)
+        (d / f"f{i:07d}").write_bytes(b"%d\n" % i)
+    (top / "done").write_text("")
+    return top
+
+
+def bench_many(root: Path, counts: list[int]) -> list[str]:
+    """Peak RSS of one `cowfs put` of many tiny files into a fresh local store."""
+    shm = Path("/dev/shm")
+    need = max(counts) * 5000  # a tmpfs page and an inode per file, with room to spare
+    base = shm / "cowfs-bench-many" if shm.is_dir() and shutil.disk_usage(shm).free > need else root
+    rows = []
+    for n in counts:
+        src = make_many(base, n)
+        work = root / f"many-store-{n}"
+        shutil.rmtree(work, ignore_errors=True)
+        env = dict(
+            os.environ,
+            COWFS_STORE=str(work / "store"),
+            COWFS_CACHE_DIR=str(work / "cache"),
+            COWFS_STATE_DIR=str(work / "state"),
+        )
+        cowfs(env, "init")
+        subprocess.run(
+            [sys.executable, "-m", "cowfs.cli.main", "repo", "create", "many"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", _PEAK, "put", "many@main:/m", str(src), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        dt = time.perf_counter() - t0
+        if proc.returncode != 0:
+            sys.exit(f"put of {n:,} files failed: {proc.stderr.strip()}")
+        peak = int(proc.stderr.split("peak-rss-kib")[-1].split()[0]) / 1024
+        rows.append(
+            f"| put {n:,} tiny files, local | {dt:.1f} s | {n / dt:,.0f} files/s "
+            f"| peak RSS {peak:,.0f} MiB ({peak * 1024 * 1024 / n:,.0f} B per file) |"
+        )
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
 
 
 def cowfs(env: dict[str, str], *args: str) -> tuple[float, dict]:
@@ -120,6 +191,11 @@ def main() -> None:
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--small", type=int, default=20000)
     ap.add_argument("--no-s3", action="store_true", help="skip SeaweedFS")
+    ap.add_argument(
+        "--many",
+        default="200000",
+        help="comma-separated counts of tiny files for the memory of a large put ('' skips)",
+    )
     args = ap.parse_args()
     root: Path = args.dir
     root.mkdir(parents=True, exist_ok=True)
@@ -166,6 +242,9 @@ def main() -> None:
                 env["COWFS_STORE"] = "s3://bench/lake"
                 rows += bench_store("SeaweedFS", env, big_copy, small, args.small, cp_big, cp_small)
         big_copy.unlink()
+    counts = [int(x) for x in args.many.split(",") if x]
+    if counts:
+        rows += bench_many(root, counts)
     print(
         f"\ncaches dropped between runs: {'yes' if dropped else 'no (not permitted here)'}; "
         f"{os.cpu_count()} cores\n"
