@@ -11,14 +11,16 @@ block that fails its check (or a file the cache evicted) drops the location; the
 fetches the chunk whole again, which verifies it from the store.
 
 Locations live in memory only (about 600 bytes per 1 MiB chunk, `MAX_CHUNKS` of them: 64 GiB of
-chunks in about 40 MB): after a restart the first read of a chunk verifies it whole again. Files
-are opened per read with `POSIX_FADV_RANDOM`, so the local file system does not read ahead of
-a block read (the kernel reads ahead of the mount's own files where that pays).
+chunks in about 40 MB): after a restart the first read of a chunk verifies it whole again. The
+files most recently read stay open (`OpenFiles`), with `POSIX_FADV_RANDOM`, so the local file
+system does not read ahead of a block read (the kernel reads ahead of the mount's own files
+where that pays).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from array import array
 from collections import OrderedDict
@@ -34,6 +36,16 @@ from cowfs.store import Store
 #: 4 KiB reads on this machine (its 128 KiB random reads run at a tenth of its 4 KiB IOPS).
 BLOCK = 16 << 10
 MAX_CHUNKS = 1 << 16
+#: Chunk files kept open (each pins at most one ~1 MiB file the cache may have evicted), at
+#: most a quarter of the process's descriptor limit: 1,024 covers random reads over 1 GiB.
+OPEN_FILES = 1024
+
+
+def _open_files_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return OPEN_FILES
+    return max(16, min(OPEN_FILES, soft // 4))
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,80 @@ def block_sums(plain: bytes | memoryview) -> array:
     )
 
 
+class _Open:
+    __slots__ = ("fd", "users", "dropped")
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.users, self.dropped = fd, 0, False
+
+
+class OpenFiles:
+    """Descriptors of the chunk files read most recently, so a block read is one `pread`, not
+    open + fadvise + pread + close. A descriptor is closed only once no reader uses it (a
+    closed number could be reused by another open while a reader still holds it). A cached
+    descriptor of a file the cache evicted still reads that chunk's bytes, which are immutable
+    and block-checked; it only keeps the space until it leaves this LRU."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = _open_files_limit() if limit is None else limit
+        self._open: OrderedDict[Path, _Open] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def pread(self, path: Path, size: int, offset: int) -> bytes:
+        f = self._take(path)
+        try:
+            return os.pread(f.fd, size, offset)
+        finally:
+            self._give(f)
+
+    def _take(self, path: Path) -> _Open:
+        with self._lock:
+            f = self._open.get(path)
+            if f is not None:
+                self._open.move_to_end(path)
+                f.users += 1
+                return f
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        mine = _Open(fd)
+        with self._lock:
+            f = self._open.get(path)
+            if f is None:
+                f = self._open[path] = mine
+                while len(self._open) > self.limit:
+                    _, old = self._open.popitem(last=False)
+                    self._retire(old)
+            f.users += 1
+        if f is not mine:
+            os.close(fd)
+        return f
+
+    def _give(self, f: _Open) -> None:
+        with self._lock:
+            f.users -= 1
+            done = f.dropped and f.users == 0
+        if done:
+            os.close(f.fd)
+
+    def _retire(self, f: _Open) -> None:
+        """Under the lock: close now if unused, else when the last user gives it back."""
+        f.dropped = True
+        if f.users == 0:
+            f.users = -1  # closed: a late `_give` never sees 0 again
+            os.close(f.fd)
+
+    def drop(self, path: Path) -> None:
+        with self._lock:
+            f = self._open.pop(path, None)
+            if f is not None:
+                self._retire(f)
+
+    def close(self) -> None:
+        with self._lock:
+            while self._open:
+                self._retire(self._open.popitem()[1])
+
+
 class ChunkFiles:
     """Verified chunks on local disk. Thread-safe; reads take no lock while they read."""
 
@@ -60,6 +146,7 @@ class ChunkFiles:
         self.max_chunks = max_chunks
         self._locs: OrderedDict[str, Located] = OrderedDict()
         self._lock = threading.Lock()
+        self._fds = OpenFiles()
         self._local_root: Path | None = getattr(store.objects, "root", None)
         if not store.objects.is_local:
             self._local_root = None
@@ -93,15 +180,10 @@ class ChunkFiles:
         b0, b1 = offset // BLOCK, (end - 1) // BLOCK
         start, stop = b0 * BLOCK, min((b1 + 1) * BLOCK, loc.length)
         try:
-            fd = os.open(loc.path, os.O_RDONLY)
+            buf = self._fds.pread(loc.path, stop - start, loc.offset + start)
         except FileNotFoundError:
             self._forget(oid)
             return None
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-            buf = os.pread(fd, stop - start, loc.offset + start)
-        finally:
-            os.close(fd)
         mv = memoryview(buf)
         if len(buf) != stop - start or any(
             xxhash.xxh3_64_intdigest(mv[i - start : i - start + BLOCK]) != loc.sums[i // BLOCK]
@@ -139,7 +221,12 @@ class ChunkFiles:
 
     def _forget(self, oid: str) -> None:
         with self._lock:
-            self._locs.pop(oid, None)
+            loc = self._locs.pop(oid, None)
+        if loc is not None:
+            self._fds.drop(loc.path)
+
+    def close(self) -> None:
+        self._fds.close()
 
     def _damaged(self, oid: str, loc: Located) -> None:
         self._forget(oid)

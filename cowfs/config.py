@@ -52,6 +52,8 @@ class StoreSettings:
     - `COWFS_S3_CONNECT_TIMEOUT`, `COWFS_S3_READ_TIMEOUT` (seconds, per socket operation) and
       `COWFS_S3_ATTEMPTS` (total tries of a transient failure): a dead or stopped endpoint fails
       a request in about `attempts * (connect or read timeout)`, seconds rather than minutes.
+    - `COWFS_S3_FAST_GET=0` sends GETs through boto3 instead of botocore-signed urllib3
+      requests (`cowfs.objectstore.s3get`), for comparison or a server the fast path trips.
     """
 
     file_mode: int = 0o600
@@ -59,6 +61,7 @@ class StoreSettings:
     s3_connect_timeout: float = 2.0
     s3_read_timeout: float = 5.0
     s3_attempts: int = 2
+    s3_fast_get: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StoreSettings:
@@ -73,6 +76,7 @@ class StoreSettings:
             s3_connect_timeout=_number(env, "COWFS_S3_CONNECT_TIMEOUT", cls.s3_connect_timeout),
             s3_read_timeout=_number(env, "COWFS_S3_READ_TIMEOUT", cls.s3_read_timeout),
             s3_attempts=int(_number(env, "COWFS_S3_ATTEMPTS", cls.s3_attempts, integer=True)),
+            s3_fast_get=(env.get("COWFS_S3_FAST_GET") or "1").strip() not in ("0", "no", "off"),
         )
 
 

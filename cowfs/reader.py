@@ -41,6 +41,8 @@ class ChunkReader:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.files is not None:
+            self.files.close()
 
     def _fetch(self, oid: str) -> bytes:
         """Fetch a chunk and keep it in memory. The in-flight slot is cleared whatever happens,

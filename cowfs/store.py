@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cowfs import layout
-from cowfs.entries import ChunkRef, Entry
+from cowfs.entries import ChunkRef, Entry, approx_bytes
 from cowfs.errors import CorruptObject, ObjectMissing
 from cowfs.index import Index
 from cowfs.objects import Kind, decode, encode, object_id, object_key
 from cowfs.objectstore import ObjectStore
 from cowfs.tree import Node, decode_node, encode_node
 
-_NODE_LRU = 4096
+#: Decoded tree nodes kept in memory, capped by an estimate of the bytes they hold (a leaf of
+#: 64 entries holds about 35 KB decoded): a walk of millions of files must not keep them all.
+NODE_CACHE_BYTES = 32 << 20
 T = TypeVar("T")
 
 
@@ -62,7 +64,8 @@ class Store:
     def __init__(self, objects: ObjectStore, index: Index) -> None:
         self.objects = objects
         self.index = index
-        self._nodes: OrderedDict[str, Node] = OrderedDict()
+        self._nodes: OrderedDict[str, tuple[Node, int]] = OrderedDict()
+        self._nodes_bytes = 0
         self._nodes_lock = threading.Lock()
         self.put_stats = PutStats()
 
@@ -184,10 +187,10 @@ class Store:
 
     def load_node(self, node_id: str) -> Node:
         with self._nodes_lock:
-            node = self._nodes.get(node_id)
-            if node is not None:
+            held = self._nodes.get(node_id)
+            if held is not None:
                 self._nodes.move_to_end(node_id)
-                return node
+                return held[0]
         node = decode_node(self._get_object(Kind.TREE, node_id, cache=True))
         self._remember(node_id, node)
         return node
@@ -201,10 +204,14 @@ class Store:
 
     def _remember(self, node_id: str, node: Node) -> None:
         with self._nodes_lock:
-            self._nodes[node_id] = node
-            self._nodes.move_to_end(node_id)
-            while len(self._nodes) > _NODE_LRU:
-                self._nodes.popitem(last=False)
+            old = self._nodes.pop(node_id, None)
+            if old is not None:
+                self._nodes_bytes -= old[1]
+            size = _node_bytes(node)
+            self._nodes[node_id] = (node, size)
+            self._nodes_bytes += size
+            while self._nodes_bytes > NODE_CACHE_BYTES and len(self._nodes) > 1:
+                self._nodes_bytes -= self._nodes.popitem(last=False)[1][1]
 
     # --- JSON records ------------------------------------------------------------------------
 
@@ -233,3 +240,9 @@ class Store:
 
     def put_record(self, key: str, record: dict) -> None:
         self.objects.put(key, json.dumps(record, sort_keys=True, indent=1).encode())
+
+
+def _node_bytes(node: Node) -> int:
+    if node.level == 0:
+        return 100 + sum(8 + approx_bytes(e) for e in node.items)
+    return 100 + 250 * len(node.items)

@@ -52,10 +52,12 @@ def _op(name: str) -> Callable[[F], F]:
     """Count and time a handler, and turn every failure into an errno the kernel understands."""
 
     def wrap(fn: F) -> F:
+        ops, seconds = FUSE_OPS.labels(name), FUSE_SECONDS.labels(name)
+
         @functools.wraps(fn)
         async def handler(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
-            FUSE_OPS.labels(name).inc()
+            ops.inc()
             try:
                 return await fn(*args, **kwargs)
             except pyfuse3.FUSEError as e:
@@ -77,7 +79,7 @@ def _op(name: str) -> Callable[[F], F]:
                 FUSE_ERRORS.labels(name, "EIO").inc()
                 raise pyfuse3.FUSEError(errno.EIO) from None
             finally:
-                FUSE_SECONDS.labels(name).observe(time.perf_counter() - t0)
+                seconds.observe(time.perf_counter() - t0)
 
         return handler  # type: ignore[return-value]
 
@@ -151,8 +153,8 @@ class CowFS(pyfuse3.Operations):
     def _timeouts(self, node: Node) -> tuple[float, float]:
         view: View = node.view
         if view.writable:
-            return (attrs.BRANCH if not node.path else attrs.WRITABLE), attrs.WRITABLE
-        if not node.path and view.key[0] in "bw":
+            return (attrs.BRANCH if node.is_view_root else attrs.WRITABLE), attrs.WRITABLE
+        if node.is_view_root and view.key[0] in "bw":
             # "w" here: a write view frozen onto the head when its session ended.
             return attrs.BRANCH, attrs.FOREVER
         return attrs.FOREVER, attrs.FOREVER
@@ -179,9 +181,13 @@ class CowFS(pyfuse3.Operations):
             if not e.is_dir:
                 raise _err(errno.ENOTDIR)
         node, entry = await self.ns.resolve(parent, name)
-        a = await self._attr(node, entry)
+        # Counted before any await, so nothing drops the node while its attributes are made.
         self.table.ref(node)
-        return a
+        try:
+            return await self._attr(node, entry)
+        except BaseException:
+            self.table.forget(node.ino, 1)
+            raise
 
     @_op("forget")
     async def forget(self, inode_list: Any) -> None:
@@ -237,20 +243,20 @@ class CowFS(pyfuse3.Operations):
             raw, what = h.listing[i]
             try:
                 if isinstance(what, Entry):
-                    view = parent.view
-                    node = self.table.ensure(
-                        (view.key, what.path), "view", view, what.path, parent.ino, raw
-                    )
-                    a = await self._attr(node, what)
+                    node, entry = self.table.child(parent, raw), what
                 else:
                     node, entry = await self.ns.resolve(parent, raw)
-                    a = await self._attr(node, entry)
             except (pyfuse3.FUSEError, CowfsError):
                 continue  # gone since the listing was made
+            self.table.ref(node)  # before any await: see `lookup`
+            try:
+                a = await self._attr(node, entry)
+            except (pyfuse3.FUSEError, CowfsError):
+                self.table.forget(node.ino, 1)
+                continue
             if not pyfuse3.readdir_reply(token, raw, a, i + 1):
-                self.table.maybe_drop(node)
+                self.table.forget(node.ino, 1)
                 return
-            self.table.ref(node)
 
     @_op("releasedir")
     async def releasedir(self, fh: int) -> None:
@@ -262,11 +268,12 @@ class CowFS(pyfuse3.Operations):
             return
         node = h.node
         node.opens -= 1
+        opens, path = node.opens, node.path  # read before the node may be dropped
         self.table.maybe_drop(node)
         st = h.view.staging if h.view is not None else None
-        if node.opens == 0 and node.path.startswith(ORPHAN) and st is not None:
+        if opens == 0 and path.startswith(ORPHAN) and st is not None:
             # The last handle on a file unlinked while open: now its bytes can go.
-            await trio.to_thread.run_sync(st.drop_orphan, node.path)
+            await trio.to_thread.run_sync(st.drop_orphan, path)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -428,11 +435,13 @@ class CowFS(pyfuse3.Operations):
         return await run_staged(fn.__self__, fn, *args)  # type: ignore[attr-defined]
 
     async def _new_child(self, parent: Node, raw: bytes, e: Entry) -> pyfuse3.EntryAttributes:
-        view: View = parent.view
-        node = self.table.ensure((view.key, e.path), "view", view, e.path, parent.ino, raw)
-        a = await self._attr(node, e)
+        node = self.table.child(parent, raw)
         self.table.ref(node)
-        return a
+        try:
+            return await self._attr(node, e)
+        except BaseException:
+            self.table.forget(node.ino, 1)
+            raise
 
     def _child_path(self, parent: Node, raw: bytes) -> str:
         try:
@@ -453,7 +462,7 @@ class CowFS(pyfuse3.Operations):
         path = self._child_path(parent, name)
         e = await self._staged(view.staging.create, path, mode, bool(flags & os.O_EXCL))
         a = await self._new_child(parent, name, e)
-        node = self.table.by_key((view.key, path))
+        node = self.table.find(view, path)
         assert node is not None
         h = Handle(node, view, entry=e, writable=True, live=True)
         return pyfuse3.FileInfo(fh=self._new_fh(h), keep_cache=False), a
@@ -509,7 +518,7 @@ class CowFS(pyfuse3.Operations):
         return await self._make(parent_inode, name, "symlink", text)
 
     def _is_open(self, view: View, path: str) -> bool:
-        node = self.table.by_key((view.key, path))
+        node = self.table.find(view, path)
         return node is not None and node.opens > 0
 
     @_op("unlink")
@@ -518,7 +527,7 @@ class CowFS(pyfuse3.Operations):
         view = self._writable(parent)
         path = self._child_path(parent, name)
         kept = await self._staged(view.staging.unlink, path, self._is_open(view, path))
-        self.table.detach(view.key, path, kept)
+        self.table.detach(view, path, kept)
 
     @_op("rmdir")
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -526,7 +535,7 @@ class CowFS(pyfuse3.Operations):
         view = self._writable(parent)
         path = self._child_path(parent, name)
         await self._staged(view.staging.rmdir, path)
-        self.table.detach(view.key, path)
+        self.table.detach(view, path)
 
     @_op("rename")
     async def rename(
@@ -547,11 +556,7 @@ class CowFS(pyfuse3.Operations):
             view.staging.rename, old, new, noreplace, self._is_open(view, new)
         )
         if old != new:
-            self.table.detach(view.key, new, kept)
-            self.table.rekey(view.key, old, new)
-            moved = self.table.by_key((view.key, new))
-            if moved is not None:
-                moved.parent, moved.name = new_parent.ino, n_new
+            self.table.rekey(view, old, new, new_parent.ino, n_new, kept)
 
     @_op("link")
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:

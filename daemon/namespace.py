@@ -31,6 +31,7 @@ from cowfs.staging import Staging, StagingError, list_areas
 from cowfs.staging_commit import open_write, seal
 from daemon import attrs
 from daemon.inodes import InodeTable, Node
+from daemon.residency import release_maps
 from daemon.views import View, commit_view, write_view
 
 log = logging.getLogger("cowfs.mount")
@@ -255,7 +256,7 @@ class Namespace:
         return await trio.to_thread.run_sync(self.lake.inspect, gid)
 
     def _view_root(self, view: View, parent: int, name: bytes) -> Node:
-        node = self.table.ensure((view.key, ""), "view", view, "", parent, name)
+        node = self.table.view_root(view, parent, name)
         if view.branch is not None and view.key[0] in "bw":
             self.watched[(view.repo, view.branch)] = (parent, time.monotonic())
         return node
@@ -264,14 +265,14 @@ class Namespace:
         name = name_of(raw)
         if parent.kind == "root":
             if name == IDS:
-                return self.table.ensure(("ids",), "ids"), None
+                return self.table.child(parent, raw, "ids"), None
             if not await self._repo_exists(name):
                 raise _err(errno.ENOENT)
-            return self.table.ensure(("repo", name), "repo", path=name), None
+            return self.table.child(parent, raw, "repo"), None
         if parent.kind == "ids":
             if not await self._gid_commits(name):
                 raise _err(errno.ENOENT)
-            return self.table.ensure(("gid", name), "gid", path=name), None
+            return self.table.child(parent, raw, "gid"), None
         if parent.kind == "repo":
             repo = parent.path
             if name.startswith("@"):
@@ -301,7 +302,7 @@ class Namespace:
             e = await self.view_lookup(view, path)
         if e is None:
             raise _err(errno.ENOENT)
-        return self.table.ensure((view.key, path), "view", view, path, parent.ino, raw), e
+        return self.table.child(parent, raw), e
 
     def invalidate_branch(self, repo: str, branch: str) -> None:
         """Make the kernel look the branch directory up again (never from a handler of it:
@@ -320,6 +321,7 @@ class Namespace:
             if time.monotonic() - swept >= SWEEP_S:
                 swept = time.monotonic()
                 self.sweep_views()
+                release_maps(self.lake.store.index.path)
             for (repo, branch), (_, seen) in list(self.watched.items()):
                 if time.monotonic() - seen > WATCH_IDLE_S:
                     del self.watched[(repo, branch)]
@@ -341,7 +343,7 @@ class Namespace:
         """Drop the views that no inode the kernel holds, no open handle and no lookup has used
         for `VIEW_IDLE_S`; a later lookup makes them again."""
         now = time.monotonic()
-        held = {n.key[0] for n in self.table.nodes() if n.kind == "view"}
+        held = {v.key for v in self.table.held_views()}
         held.update(self.held_views())
         for key in list(self.views):
             if key in held:

@@ -12,6 +12,7 @@ head, so the inodes, handles and working directories in it go on reading (only w
 from __future__ import annotations
 
 import errno
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from cowfs.commits import Commit
@@ -19,10 +20,31 @@ from cowfs.entries import Entry, dir_entry
 from cowfs.staging import Staging, StagingError
 from cowfs.store import Store
 from cowfs.tree import TreeView, empty_tree
+from daemon.caches import ByteLRU, entry_bytes, listing_bytes
 
-#: Entries cached per immutable view before the cache starts over.
-_ENTRY_CAP = 400_000
-_LISTING_CAP = 20_000
+#: Byte caps of each immutable view's caches (estimated, `daemon.caches`): entries by path,
+#: directory listings, and per directory the chunks its files live in. The tree refills them.
+ENTRY_CACHE_BYTES = 8 << 20
+LISTING_CACHE_BYTES = 16 << 20
+DIR_CHUNKS_BYTES = 4 << 20
+
+DirChunks = tuple[list[str], dict[str, int]]
+
+
+def _entries() -> ByteLRU[str, Entry]:
+    return ByteLRU(ENTRY_CACHE_BYTES, entry_bytes)
+
+
+def _listings() -> ByteLRU[str, list[Entry]]:
+    return ByteLRU(LISTING_CACHE_BYTES, listing_bytes)
+
+
+def _dir_chunks_bytes(v: DirChunks) -> int:
+    return 200 + 200 * len(v[0])
+
+
+def _dir_chunks() -> ByteLRU[str, DirChunks]:
+    return ByteLRU(DIR_CHUNKS_BYTES, _dir_chunks_bytes)
 
 
 @dataclass(eq=False)
@@ -35,10 +57,10 @@ class View:
     branch: str | None = None
     staging: Staging | None = None
     tree: TreeView | None = None
-    entries: dict[str, Entry] = field(default_factory=dict)
-    listings: dict[str, list[Entry]] = field(default_factory=dict)
+    entries: ByteLRU[str, Entry] = field(default_factory=_entries)
+    listings: ByteLRU[str, list[Entry]] = field(default_factory=_listings)
     #: Per directory: the chunks its files live in, in listing order, to prefetch a walk.
-    dir_chunks: dict[str, tuple[list[str], dict[str, int]]] = field(default_factory=dict)
+    dir_chunks: ByteLRU[str, DirChunks] = field(default_factory=_dir_chunks)
 
     @property
     def writable(self) -> bool:
@@ -59,9 +81,20 @@ class View:
         return self.commit.global_id if self.commit else ""
 
     def cached(self, path: str) -> Entry | None:
+        """Without blocking: from the entry cache, else from the parent's cached listing (a
+        walk's entries are held once, in their listing, not again per path)."""
         if not path:
             return _ROOT
-        return self.entries.get(path) if self.staging is None else None
+        if self.staging is not None:
+            return None
+        e = self.entries.get(path)
+        if e is None:
+            listing = self.listings.get(path.rpartition("/")[0])
+            if listing:
+                i = bisect_left(listing, path, key=_path_of)
+                if i < len(listing) and listing[i].path == path:
+                    e = listing[i]
+        return e
 
     def freeze(self, store: Store, commit: Commit | None) -> None:
         """The write session ended: from now on show `commit` (the branch head), read-only.
@@ -91,7 +124,7 @@ class View:
                 return st.lookup(path)
             except StagingError as e:
                 self._retry(st, e)
-        e = self.entries.get(path)
+        e = self.cached(path)
         if e is None:
             assert self.tree is not None
             e = self.tree.lookup(path)
@@ -111,12 +144,7 @@ class View:
         if out is None:
             assert self.tree is not None
             out = list(self.tree.list_dir(path))
-            if len(self.listings) > _LISTING_CAP:
-                self.listings.clear()
-                self.dir_chunks.clear()
-            self.listings[path] = out
-            for e in out:
-                self._remember(e)
+            self.listings.put(path, out)
             order: list[str] = []
             pos: dict[str, int] = {}
             for e in out:
@@ -124,16 +152,18 @@ class View:
                     if c.id not in pos:
                         pos[c.id] = len(order)
                         order.append(c.id)
-            self.dir_chunks[path] = (order, pos)
+            self.dir_chunks.put(path, (order, pos))
         return out
 
     def _remember(self, e: Entry) -> None:
-        if len(self.entries) > _ENTRY_CAP:
-            self.entries.clear()
-        self.entries[e.path] = e
+        self.entries.put(e.path, e)
 
 
 _ROOT = dir_entry("", 0o755)
+
+
+def _path_of(e: Entry) -> str:
+    return e.path
 
 
 def commit_view(key: tuple, store: Store, commit: Commit, branch: str | None = None) -> View:

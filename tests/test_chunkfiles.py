@@ -1,15 +1,16 @@
-"""Sub-chunk reads: a chunk verified once, then read by 64 KiB block with per-block checks that
+"""Sub-chunk reads: a chunk verified once, then read by 16 KiB block with per-block checks that
 still catch damage done after it was verified."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from cowfs.chunkfiles import BLOCK, ChunkFiles
+from cowfs.chunkfiles import BLOCK, ChunkFiles, OpenFiles
 from cowfs.entries import ChunkRef, Entry, EntryType
 from cowfs.errors import CorruptObject
 from cowfs.lake import Lake
@@ -79,3 +80,58 @@ def test_reader_serves_small_reads_without_loading_the_chunk(lake: Lake) -> None
     assert oid not in reader._lru  # a block read, not the chunk into memory
     assert reader.read(e, 0, len(plain)) == plain  # whole reads still go through memory
     reader.close()
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_open_files_close_a_descriptor_only_after_its_last_reader(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"A" * 100)
+    b.write_bytes(b"B" * 100)
+    before = _fds()
+    files = OpenFiles(limit=1)
+    held = files._take(a)  # a reader in the middle of a pread of `a`
+    assert files.pread(b, 4, 0) == b"BBBB"  # evicts `a` from the LRU...
+    assert os.pread(held.fd, 3, 0) == b"AAA"  # ...but its descriptor stays valid while used
+    files._give(held)
+    assert _fds() == before + 1  # `a` closed on its last give; `b` open
+    files.close()
+    assert _fds() == before
+
+
+def test_open_files_under_concurrent_readers_read_the_right_file(tmp_path: Path) -> None:
+    paths = []
+    for i in range(40):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(bytes([i]) * 8192)
+        paths.append(p)
+    before = _fds()
+    files = OpenFiles(limit=8)  # far fewer than the files: constant eviction under reads
+
+    def work(seed: int) -> None:
+        for k in range(400):
+            i = (seed * 7 + k * 13) % len(paths)
+            assert files.pread(paths[i], 16, (k * 64) % 8000) == bytes([i]) * 16
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(8)))
+    assert _fds() <= before + 8
+    files.close()
+    assert _fds() == before
+
+
+def test_evicted_cache_file_still_reads_and_damage_drops_its_descriptor(lake: Lake) -> None:
+    plain = b"compressible " * 100_000
+    oid = lake.store.put_chunk(plain)
+    files = ChunkFiles(lake.store)
+    files.fetch(oid)
+    loc = files._locs[oid]
+    assert files.read(oid, 4096, 100) == plain[4096:4196]  # the descriptor is now cached
+    loc.path.unlink()  # the cache evicted the file: the open descriptor still has the bytes
+    assert files.read(oid, 9000, 50) == plain[9000:9050]
+    files._forget(oid)  # as after damage: the descriptor goes with the location
+    assert loc.path not in files._fds._open
+    assert files.read(oid, 0, 1) is None
+    files.close()

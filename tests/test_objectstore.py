@@ -279,7 +279,6 @@ def test_create_makes_bucket(seaweed: SeaweedServer, s3_env: dict[str, str]) -> 
 
 
 def test_bad_credentials(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(StoreUnavailable, match="AWS_SECRET_ACCESS_KEY") as info:
         S3Store(s3_url)
     assert "\n" not in str(info.value)
@@ -315,7 +314,9 @@ def test_close_is_idempotent(s3_url: str) -> None:
 
 
 def _stubbed(s3_url: str) -> tuple[S3Store, Stubber]:
-    store = S3Store(s3_url, create=True)
+    """A store whose every request goes through the stubbed boto3 client (GETs included, which
+    otherwise take `FastGet`'s urllib3 path)."""
+    store = S3Store(s3_url, create=True, settings=StoreSettings(s3_fast_get=False))
     return store, Stubber(store._client)  # noqa: SLF001
 
 
@@ -478,3 +479,52 @@ def test_open_objectstore_s3(s3_url: str) -> None:
 def test_open_objectstore_rejects(url: str) -> None:
     with pytest.raises(UsageError):
         open_objectstore(url)
+
+
+# --- GETs through urllib3 (cowfs.objectstore.s3get) ----------------------------------------
+
+
+def test_fast_get_reads_what_boto3_reads(s3_url: str) -> None:
+    """Same bytes and ETag as boto3 for keys that need quoting; absent keys are absent."""
+    fast = S3Store(s3_url, create=True)
+    slow = S3Store(s3_url, settings=StoreSettings(s3_fast_get=False))
+    assert fast._fast is not None and slow._fast is None  # noqa: SLF001
+    keys = ["chunks/ab/cd", "a b/c+d", "ünï/cödé", "x%20y", "t~i=l&d;e", "q?r#s"]
+    for i, key in enumerate(keys):
+        fast.put(key, os.urandom(1000 + i))
+    for key in keys:
+        assert fast._get(key) == slow._get(key), key  # noqa: SLF001
+        assert fast._get(key) is not None  # noqa: SLF001
+    with pytest.raises(ObjectMissing):
+        fast.get("no/such/key")
+
+
+def test_fast_get_on_a_silent_endpoint_fails_in_its_timeout(s3_url: str) -> None:
+    """A server that stops answering fails a read after the configured timeout and attempts,
+    not twice that (the fast path does not hand a dead endpoint on to boto3)."""
+    store = S3Store(
+        s3_url,
+        create=True,
+        settings=StoreSettings(s3_read_timeout=0.5, s3_attempts=1),
+    )
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        assert store._fast is not None  # noqa: SLF001
+        store._fast.base = f"http://127.0.0.1:{srv.getsockname()[1]}/bucket/"  # noqa: SLF001
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="cannot reach S3 endpoint"):
+            store.get("k")
+        assert time.monotonic() - began < 5
+
+
+def test_fast_get_leaves_refusals_to_boto3(s3_url: str) -> None:
+    """A 403 (wrong secret) is not guessed at: boto3 asks again and words the error."""
+    S3Store(s3_url, create=True).put("k", b"v")
+    store = S3Store(s3_url)
+    from botocore.credentials import Credentials
+
+    store._fast._credentials = Credentials("wrong-key", "wrong")  # noqa: SLF001
+    store._client._request_signer._credentials = Credentials("wrong-key", "wrong")  # noqa: SLF001
+    with pytest.raises(StoreUnavailable, match="refused to read"):
+        store.get("k")

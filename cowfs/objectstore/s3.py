@@ -35,6 +35,7 @@ from botocore.config import Config
 from cowfs.config import StoreSettings
 from cowfs.errors import ObjectMissing, StoreUnavailable, UsageError
 from cowfs.objectstore.base import ObjectStore, Versioned
+from cowfs.objectstore.s3get import Absent, FastGet, Got, Unreachable
 
 T = TypeVar("T")
 
@@ -162,9 +163,8 @@ class S3Store(ObjectStore):
         # A private session: boto3's default session is shared global state and not
         # thread-safe to create clients from; the client itself is safe across threads.
         try:
-            self._client = boto3.session.Session().client(
-                "s3", endpoint_url=endpoint or None, config=config
-            )
+            session = boto3.session.Session()
+            self._client = session.client("s3", endpoint_url=endpoint or None, config=config)
         except ValueError as e:  # a malformed AWS_ENDPOINT_URL
             raise StoreUnavailable(
                 f"invalid S3 endpoint {endpoint!r}: {e} (check AWS_ENDPOINT_URL)"
@@ -177,6 +177,19 @@ class S3Store(ObjectStore):
         self.endpoint_url: str = self._client.meta.endpoint_url
         self._closed = threading.Event()
         self._open_bucket(create)
+        self._fast: FastGet | None = None
+        credentials = session.get_credentials()
+        if credentials is not None and settings.s3_fast_get:
+            self._fast = FastGet(
+                self._client,
+                credentials,
+                self.bucket,
+                self.region,
+                settings.s3_connect_timeout,
+                settings.s3_read_timeout,
+                settings.s3_attempts,
+                MAX_POOL_CONNECTIONS,
+            )
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -267,7 +280,19 @@ class S3Store(ObjectStore):
             self._raise(e, "create bucket")
 
     def _get(self, key: str) -> tuple[bytes, str] | None:
-        """GET with the body fully read; None when the key is absent."""
+        """GET with the body fully read; None when the key is absent. The common answers come
+        through `FastGet`; boto3 answers whatever that cannot tell."""
+        if self._fast is not None:
+            got = self._fast.get(self._key(key))
+            if isinstance(got, Got):
+                return got.data, got.etag
+            if isinstance(got, Absent):
+                return None
+            if isinstance(got, Unreachable):
+                raise StoreUnavailable(
+                    f"cannot reach S3 endpoint {self.endpoint_url} to read {self._where(key)} "
+                    f"(check AWS_ENDPOINT_URL and credentials): {got.error}"
+                )
         for attempt in range(BODY_READ_ATTEMPTS):
             try:
                 resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
@@ -391,3 +416,5 @@ class S3Store(ObjectStore):
         if not self._closed.is_set():
             self._closed.set()
             self._client.close()
+            if self._fast is not None:
+                self._fast.close()

@@ -2,6 +2,7 @@
 
     python scripts/bench/mount.py [--big-mib 1024] [--files 20000] [--peers weed,rclone,s3fs]
     python scripts/bench/mount.py --suite local [--file-mib 768] [--walk-files 200000]
+    python scripts/bench/mount.py --suite walk --walk-files 2000000 [--work DIR]
 
 One SeaweedFS (`weed mini`) serves a bucket holding the same data twice: as plain objects (for
 `weed mount`, `rclone mount`, `s3fs`) and as a cowfs store. Measured, in seconds:
@@ -355,10 +356,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="Scratch folder (kept if given).")
     ap.add_argument(
         "--suite",
-        choices=["s3", "local"],
+        choices=["s3", "local", "walk"],
         default="s3",
         help="s3: the SeaweedFS comparison above; local: fio random reads, mmap, tar x and\n"
-        "the walk's memory over a local store (scripts/bench/mount_fio.py)",
+        "the walk's memory over a local store (scripts/bench/mount_fio.py); walk: the\n"
+        "mount's memory and speed walking a generated commit of --walk-files files\n"
+        "(scripts/bench/mount_walk.py; COWFS_BENCH_CODE=DIR mounts another checkout)",
     )
     ap.add_argument("--file-mib", type=int, default=768, help="local: the random-read file")
     ap.add_argument("--tar-files", type=int, default=2000, help="local: files in the tar")
@@ -376,6 +379,16 @@ def main() -> None:
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+
+    if args.suite == "walk":
+        sys.path.insert(0, str(Path(__file__).parent))
+        import mount_walk
+
+        for k, v in mount_walk.run(work, args.walk_files, log).items():
+            print(f"  {k:24} {v:14,.1f}")
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return
 
     if args.suite == "local":
         sys.path.insert(0, str(Path(__file__).parent))
