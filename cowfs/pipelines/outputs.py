@@ -21,7 +21,7 @@ from cowfs.store import Store
 
 def ingest(store: Store, items: list[tuple[str, Path]]) -> dict[str, list[Entry]]:
     """`(datum hash, directory)` pairs to each datum's output entries, chunks stored."""
-    found = {h: (scan(d) if d.is_dir() else []) for h, d in items}
+    found = {h: (list(scan(d)) if d.is_dir() else []) for h, d in items}
     out: dict[str, list[Entry]] = {h: [] for h, _ in items}
     small = [(h, f) for h, fs in found.items() for f in fs if _is_small_file(f)]
     large = [(h, f) for h, fs in found.items() for f in fs if _is_file(f) and not _is_small_file(f)]
