@@ -279,6 +279,7 @@ def test_create_makes_bucket(seaweed: SeaweedServer, s3_env: dict[str, str]) -> 
 
 
 def test_bad_credentials(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(StoreUnavailable, match="AWS_SECRET_ACCESS_KEY") as info:
         S3Store(s3_url)
     assert "\n" not in str(info.value)
