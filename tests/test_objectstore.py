@@ -26,6 +26,7 @@ from cowfs.config import StoreSettings
 from cowfs.errors import ObjectMissing, StoreUnavailable, UsageError
 from cowfs.objectstore import LocalStore, ObjectStore, open_objectstore
 from cowfs.objectstore.s3 import S3Store, _in_key_order, parse_s3_url
+from cowfs.objectstore.s3get import Got
 from cowfs.testing.seaweed import SeaweedServer
 
 # -- basic reads and writes -----------------------------------------------------------------------
@@ -529,3 +530,29 @@ def test_fast_get_leaves_refusals_to_boto3(s3_url: str) -> None:
     store._client._request_signer._credentials = Credentials("wrong-key", "wrong")  # noqa: SLF001
     with pytest.raises(StoreUnavailable, match="refused to read"):
         store.get("k")
+
+
+def test_fast_get_reads_again_a_body_broken_off(s3_url: str) -> None:
+    """A body that breaks off mid-stream is asked for again (within the store's attempts), not
+    returned short and not reported as an outage."""
+    store = S3Store(s3_url, create=True)
+
+    def serve(srv: socket.socket) -> None:
+        for body in (b"v" * 10, b"v" * 1000):  # broken off, then whole
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(65536)
+                head = b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: "e"\r\n\r\n'
+                conn.sendall(head + body)
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(2)
+        server = threading.Thread(target=serve, args=(srv,), daemon=True)
+        server.start()
+        fast = store._fast  # noqa: SLF001
+        assert fast is not None
+        fast.base = f"http://127.0.0.1:{srv.getsockname()[1]}/bucket/"
+        got = fast.get("k")
+        server.join(timeout=10)
+    assert isinstance(got, Got) and got.data == b"v" * 1000 and got.etag == '"e"'

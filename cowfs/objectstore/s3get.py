@@ -7,8 +7,10 @@ read by the thousand on a cold mount or a DataLoader epoch, on the same cores th
 so the mount's cold read rate follows this cost.
 
 Only the common case is handled here: 200 (the body, its ETag) and 404 NoSuchKey (absent).
-A server that does not answer within the configured timeouts and attempts is reported as such
-(so a stalled store fails a read as fast as through boto3). Any other answer (another status,
+A body broken off mid-stream is asked for again within the configured attempts (urllib3's
+retry covers the whole response, read in full). A server that does not answer within the
+timeouts and attempts is reported as such (so a stalled store fails a read as fast as through
+boto3). Any other answer (another status,
 a server error, a short body) is left to the caller, which asks boto3 again: its error
 messages stay the one account of what the server said.
 """
@@ -88,9 +90,11 @@ class FastGet:
             resp = self._pool.request(
                 "GET", url, headers=self._headers(url), preload_content=True, decode_content=False
             )
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except (urllib3.exceptions.MaxRetryError, urllib3.exceptions.TimeoutError, OSError) as e:
             cause = getattr(e, "reason", None) or e
             return Unreachable(type(cause).__name__)
+        except urllib3.exceptions.HTTPError:
+            return None  # e.g. a body broken off mid-stream: boto3's path retries the read
         if resp.status == 200:
             length = resp.headers.get("Content-Length")
             if length is not None and int(length) != len(resp.data):
