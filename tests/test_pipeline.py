@@ -258,9 +258,10 @@ open(os.path.join(os.environ["PFS_OUT"], "who.json"), "w").write(json.dumps(out)
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs a root runner")
 def test_transforms_run_unprivileged_and_cannot_read_host_secrets(env: LakeEnv) -> None:
     """Issue 8 item 15: user code ran as uid 0 and could read /etc/shadow."""
+    # The suite runs as root (CI does, and the mount tests need it): failing here, not skipping.
+    assert os.geteuid() == 0, "switching users needs the tests to run as root"
     src = env.root / "src"
     src.mkdir()
     (src / "private.txt").write_text("only for the pipeline\n")
