@@ -29,6 +29,8 @@ from cowfs.reader import ChunkReader
 from cowfs.staging_records import (
     DIR,
     FILE,
+    INLINE_AREA_MAX,
+    INLINE_MAX,
     LINK,
     ORPHAN,
     WHITEOUT,
@@ -260,16 +262,38 @@ class PosixOps(StagedTree):
     def write(self, path: str, offset: int, data: bytes) -> int:
         with self._change():
             rec = self._file_rec(path)
-            fresh = rec.overlay is None
-            if fresh:
-                rec.overlay = self._next_overlay
-                self._next_overlay += 1
-            n = os.pwrite(self.fd(rec.overlay, fresh=fresh), data, offset)
+            end = offset + len(data)
+            if rec.overlay is None and end <= INLINE_MAX and self._inline_room(rec, end):
+                cur = rec.data or b""
+                if len(cur) < offset:
+                    cur += bytes(offset - len(cur))
+                rec.data = cur[:offset] + data + cur[end:]
+                n = len(data)
+            else:
+                n = self._write_overlay(rec, offset, data)
             rec.ranges = add_range(rec.ranges, offset, offset + n)
             rec.size = max(rec.size, offset + n)
             rec.mtime_ns = time.time_ns()
             self._store(path, rec)
             return n
+
+    def _inline_room(self, rec: Rec, end: int) -> bool:
+        """Whether a write ending at `end` may stay in the record: always for a file already
+        inline (it is at most `INLINE_MAX`), for others while the area's budget allows."""
+        return rec.data is not None or self.inline_bytes + end <= INLINE_AREA_MAX
+
+    def _write_overlay(self, rec: Rec, offset: int, data: bytes) -> int:
+        fresh = rec.overlay is None
+        if fresh:
+            rec.overlay = self._next_overlay
+            self._next_overlay += 1
+        fd = self.fd(rec.overlay, fresh=fresh)
+        if rec.data is not None:
+            # Outgrew the record: its inline bytes move into the new overlay file first.
+            if os.pwrite(fd, rec.data, 0) != len(rec.data):
+                raise OSError(_errno.ENOSPC, "short write to a staged file")
+            rec.data = None
+        return os.pwrite(fd, data, offset)
 
     def truncate(self, path: str, size: int) -> None:
         with self._change():
@@ -277,6 +301,8 @@ class PosixOps(StagedTree):
             if size < rec.size:
                 rec.ranges = clip_ranges(rec.ranges, size)
                 rec.base_len = min(rec.base_len, size)
+                if rec.data is not None:
+                    rec.data = rec.data[:size]
                 if rec.overlay is not None:
                     # Bytes past `ranges` are never read: freeing them can wait for the commit.
                     self._later(lambda ov=rec.overlay: os.ftruncate(self.fd(ov), size))

@@ -14,6 +14,13 @@ from cowfs.entries import ChunkRef, Entry, EntryType, dir_entry
 from cowfs.errors import CowfsError
 
 FILE, DIR, LINK, WHITEOUT = "f", "d", "l", "x"
+#: A file whose written bytes all lie below this offset keeps them in its record (`Rec.data`)
+#: rather than in an overlay file of its own: creating a file costs more than the journal
+#: append that carries the bytes (docs/mount.md, *Inline data*).
+INLINE_MAX = 32 << 10
+#: At most this many inline bytes per staging area (records are held in memory); past it new
+#: files get overlay files again.
+INLINE_AREA_MAX = 64 << 20
 #: Prefix of the keys of files unlinked while open; no real path starts with a NUL.
 ORPHAN = "\x00orphan/"
 
@@ -43,6 +50,9 @@ class Rec:
     ranges: list[list[int]] = field(default_factory=list)
     target: str = ""
     opaque: bool = False
+    #: The overlay's bytes [0, len(data)) held in the record itself, for a small file (no
+    #: overlay file then); as with an overlay file, only `ranges` of it are ever read.
+    data: bytes | None = None
 
     def copy(self) -> Rec:
         """A copy to change: records in the index are never changed in place, so an operation
@@ -59,10 +69,12 @@ class Rec:
             [list(r) for r in self.ranges],
             self.target,
             self.opaque,
+            self.data,
         )
 
     def pack(self, path: str | None = None) -> bytes:
-        """msgpack array of 11, or 12 with the path when the key does not hold it."""
+        """msgpack array of 11; 12 with the path when the key does not hold it; 13 with the
+        inline data (the twelfth is then the path or nil)."""
         chunks = [[bytes.fromhex(c.id), c.offset, c.length] for c in self.base_chunks]
         row = [
             self.kind,
@@ -77,8 +89,10 @@ class Rec:
             self.target,
             self.opaque,
         ]
-        if path is not None:
+        if path is not None or self.data is not None:
             row.append(path)
+        if self.data is not None:
+            row.append(self.data)
         return msgpack.packb(row, use_bin_type=True)
 
     @classmethod
@@ -87,7 +101,8 @@ class Rec:
         row = msgpack.unpackb(raw, raw=False)
         k, mode, mt, size, blen, chunks, dig, ov, ranges, target, opaque = row[:11]
         refs = tuple(ChunkRef(c.hex(), o, n) for c, o, n in chunks)
-        rec = cls(k, mode, mt, size, blen, refs, dig, ov, ranges, target, opaque)
+        data = row[12] if len(row) > 12 else None
+        rec = cls(k, mode, mt, size, blen, refs, dig, ov, ranges, target, opaque, data)
         return rec, (row[11] if len(row) > 11 else None)
 
     def entry(self, path: str) -> Entry:

@@ -113,7 +113,8 @@ def file_data(rec: Rec, read: Callable[[int, int], bytes], chunker: Chunker) -> 
     spans `rechunk_plan` picks; `read(offset, n)` gives the staged file's bytes."""
     base = clip_refs(rec.base_chunks, rec.base_len)
     whole = rec.base_len == sum(c.length for c in rec.base_chunks)
-    if rec.overlay is None and rec.size == rec.base_len and whole and rec.base_digest:
+    unchanged = rec.overlay is None and rec.data is None
+    if unchanged and rec.size == rec.base_len and whole and rec.base_digest:
         return FileData(rec.size, rec.base_digest, base)
     pend = Pending()
     pend.size = rec.size

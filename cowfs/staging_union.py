@@ -39,12 +39,19 @@ class StagedTree:
         self.orphans: dict[str, Rec] = {}
         #: The view root's mtime: a commit has no entry for its root, so it lives in memory.
         self.root_mtime_ns = 0
+        #: Bytes of inline data (`Rec.data`) the indexed records hold.
+        self.inline_bytes = 0
         self._fds: dict[int, int] = {}
         self._data = str(data_dir)
 
     # --- the index -------------------------------------------------------------------------
 
     def index(self, path: str, rec: Rec) -> None:
+        old = self.recs.get(path)
+        if old is not None and old.data is not None:
+            self.inline_bytes -= len(old.data)
+        if rec.data is not None:
+            self.inline_bytes += len(rec.data)
         self.recs[path] = rec
         self.children.setdefault(parent_of(path), set()).add(basename(path))
         if rec.kind == WHITEOUT or (rec.kind == DIR and rec.opaque):
@@ -53,8 +60,11 @@ class StagedTree:
             self.hidden.discard(path)
 
     def unindex(self, path: str) -> None:
-        if self.recs.pop(path, None) is None:
+        rec = self.recs.pop(path, None)
+        if rec is None:
             return
+        if rec.data is not None:
+            self.inline_bytes -= len(rec.data)
         self.hidden.discard(path)
         kids = self.children.get(parent_of(path))
         if kids is not None:
@@ -64,6 +74,7 @@ class StagedTree:
 
     def clear_index(self, store: Store, base_tree: str) -> None:
         self.recs.clear()
+        self.inline_bytes = 0
         self.children.clear()
         self.hidden.clear()
         self.view = TreeView(store, base_tree)
@@ -145,7 +156,10 @@ class StagedTree:
         return data + bytes(size - len(data))
 
     def _read_overlay(self, rec: Rec, offset: int, size: int) -> bytes:
-        data = os.pread(self.fd(rec.overlay), size, offset)
+        if rec.data is not None:
+            data = rec.data[offset : offset + size]
+        else:
+            data = os.pread(self.fd(rec.overlay), size, offset)
         return data + bytes(size - len(data))
 
     def fd(self, overlay: int | None, fresh: bool = False) -> int:

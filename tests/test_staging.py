@@ -310,3 +310,75 @@ def test_journal_survives_kill_and_drops_torn_or_stale_records(tmp_path: Path) -
     db = RecStore(recs)
     assert set(db.load()[0]) == {"a", "b", "a/x" * 200}
     db.close()
+
+
+# --- inline data (small files kept in their records) ---------------------------------------
+
+
+def test_inline_data_spills_to_an_overlay_and_survives_reopen_and_seal(
+    lake: Lake, area: Staging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random writes and truncates around the inline limit (made small here) read back as a
+    plain byte array would, after reopening, and in the commit; the area's budget sends new
+    files to overlay files once spent."""
+    import random
+
+    import cowfs.staging_posix as posix
+
+    monkeypatch.setattr(posix, "INLINE_MAX", 64)
+    monkeypatch.setattr(posix, "INLINE_AREA_MAX", 200)
+    rnd = random.Random(13)
+    seen: set[bool] = set()
+    model: dict[str, bytearray] = {}
+    for i in range(8):
+        write_file(area, f"f{i}", b"")
+        model[f"f{i}"] = bytearray()
+    for _ in range(300):
+        path = f"f{rnd.randrange(8)}"
+        m = model[path]
+        if rnd.random() < 0.15:
+            size = rnd.randrange(0, 80)
+            area.truncate(path, size)
+            m[:] = m[:size] + bytes(max(0, size - len(m)))
+        else:
+            off, data = rnd.randrange(0, 60), os.urandom(rnd.randrange(1, 20))
+            assert area.write(path, off, data) == len(data)
+            m[:] = m + bytes(max(0, off - len(m)))
+            m[off : off + len(data)] = data
+        assert dump(area)[path] == bytes(m)
+        seen.add(area.recs[path].data is not None)
+    assert seen == {True, False}  # both kinds were exercised
+    for i in range(8):  # the budget: 200 inline bytes, then overlay files
+        write_file(area, f"g{i}", b"x" * 60)
+        model[f"g{i}"] = bytearray(b"x" * 60)
+    assert area.recs["g0"].data is not None and area.recs["g7"].data is None
+    assert area.inline_bytes == sum(len(area.recs[p].data or b"") for p in model)
+    assert area.inline_bytes <= 200 + 64
+    want = {p: bytes(m) for p, m in model.items()}
+    assert reopened(lake, area) == want
+    again = Staging.open(lake.store, lake.url, "r", "main")
+    try:
+        head = seal(lake, again, "inline", keep_open=True)
+    finally:
+        again.close()
+    assert head is not None
+    reader = ChunkReader(lake.store)
+    for p, data in want.items():
+        e = lake.lookup(head, p)
+        assert e is not None and b"".join(reader.iter_file(e)) == data
+    reader.close()
+
+
+def test_inline_edit_of_a_base_file_is_committed(lake: Lake, area: Staging) -> None:
+    """A small write into a committed file stays in the record; the seal must not take the
+    unchanged base for it."""
+    write_file(area, "base", b"0123456789")
+    head = seal(lake, area, "base", keep_open=True)
+    area.write("base", 2, b"AB")
+    assert area.recs["base"].data is not None and area.recs["base"].overlay is None
+    head = seal(lake, area, "edit", keep_open=True)
+    assert head is not None
+    e = lake.lookup(head, "base")
+    reader = ChunkReader(lake.store)
+    assert e is not None and b"".join(reader.iter_file(e)) == b"01AB456789"
+    reader.close()

@@ -115,6 +115,13 @@ class Mount:
             self.proc.wait(timeout=30)
             self.proc = None
 
+    def cpu_s(self) -> float:
+        """The mount process's CPU time (user + system): per operation, a measure that a loaded
+        machine disturbs less than wall time."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mib(self) -> float:
         assert self.proc is not None
         # `cowfs mount` runs the mount in the same process.
@@ -195,9 +202,15 @@ def run(
             label = f"{bs} {engine} qd{depth} x{jobs}"
             for name, path in (("disk", big), ("cowfs", view)):
                 drop_caches()
+                c0 = m.cpu_s()
                 r = fio(path, bs, engine, depth, jobs, seconds)
                 res[f"{name} {label}"] = r["iops"]
-                log(f"{name:5} {label:22} {r['iops']:10.0f} IOPS {r['mib_s']:8.1f} MiB/s")
+                cpu = ""
+                if name == "cowfs":
+                    us = (m.cpu_s() - c0) / max(r["iops"] * seconds, 1) * 1e6
+                    res[f"cpu us/op {label}"] = us
+                    cpu = f"  daemon CPU {us:6.0f} us/op"
+                log(f"{name:5} {label:22} {r['iops']:10.0f} IOPS {r['mib_s']:8.1f} MiB/s{cpu}")
         if only_reads:
             return res
         # tar x of small files: ext4 (the work folder's filesystem) and a writable view.
@@ -214,13 +227,17 @@ def run(
         deadline = time.monotonic() + 10
         while os.getxattr(wv, "user.cowfs.writable") != b"1" and time.monotonic() < deadline:
             time.sleep(0.05)
-        t0 = time.perf_counter()
+        c0, t0 = m.cpu_s(), time.perf_counter()
         subprocess.run(["tar", "xf", str(archive), "-C", str(wv)], check=True)
         res["cowfs tar x"] = time.perf_counter() - t0
+        res["cpu us/file tar x"] = (m.cpu_s() - c0) / tar_files * 1e6
         t0 = time.perf_counter()
         m.cli("commit", "r@main", "-m", "tar")
         res["cowfs commit after tar x"] = time.perf_counter() - t0
-        log(f"tar x {tar_files}: disk {res['disk tar x']:.2f} s, cowfs {res['cowfs tar x']:.2f} s")
+        log(
+            f"tar x {tar_files}: disk {res['disk tar x']:.2f} s, cowfs {res['cowfs tar x']:.2f} s"
+            f", daemon CPU {res['cpu us/file tar x']:.0f} us/file"
+        )
     finally:
         m.down()
     if walk_files and not only_reads:
@@ -262,7 +279,8 @@ def walk_rss(m: Mount, work: Path, files: int, log: Log) -> dict[str, float]:
 
 
 def report(res: dict[str, float]) -> None:
-    print("\nlocal-store suite (IOPS unless seconds or MiB):")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nlocal-store suite (IOPS unless seconds or MiB; load average now {load}):")
     for k, v in res.items():
         print(f"  {k:40} {v:12.2f}")
     print("\nratios cowfs / disk (IOPS; for tar x, disk time / cowfs time):")
