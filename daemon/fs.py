@@ -16,9 +16,9 @@ import functools
 import logging
 import os
 import stat
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -31,7 +31,7 @@ from cowfs.names import MAX_NAME_BYTES, check_component, check_path_limits
 from cowfs.staging import ORPHAN, StagingError
 from daemon import attrs
 from daemon.inodes import ROOT, Node
-from daemon.metrics_fuse import FUSE_ERRORS, FUSE_OPS, FUSE_SECONDS
+from daemon.metrics_fuse import FUSE_ERRORS, FUSE_STATS
 from daemon.namespace import IDS, Namespace, join, run_staged
 from daemon.reader import MountReader
 from daemon.views import View
@@ -52,34 +52,39 @@ def _op(name: str) -> Callable[[F], F]:
     """Count and time a handler, and turn every failure into an errno the kernel understands."""
 
     def wrap(fn: F) -> F:
-        ops, seconds = FUSE_OPS.labels(name), FUSE_SECONDS.labels(name)
+        stats = FUSE_STATS.op(name)
+        errors: dict[int, Any] = {}
+
+        def failed(code: int) -> pyfuse3.FUSEError:
+            counter = errors.get(code)
+            if counter is None:
+                counter = errors[code] = FUSE_ERRORS.labels(
+                    name, errno.errorcode.get(code, str(code))
+                )
+            counter.inc()
+            return pyfuse3.FUSEError(code)
 
         @functools.wraps(fn)
         async def handler(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            ops.inc()
+            t0 = perf_counter()
             try:
                 return await fn(*args, **kwargs)
             except pyfuse3.FUSEError as e:
-                FUSE_ERRORS.labels(name, errno.errorcode.get(e.errno, str(e.errno))).inc()
+                failed(e.errno)
                 raise
             except CowfsError as e:
                 code = getattr(e, "errno", errno.EIO) or errno.EIO
-                FUSE_ERRORS.labels(name, errno.errorcode.get(code, str(code))).inc()
                 if code == errno.EIO:
                     log.warning("%s failed: %s", name, e)
-                raise pyfuse3.FUSEError(code) from None
+                raise failed(code) from None
             except OSError as e:
-                code = e.errno or errno.EIO
                 log.warning("%s failed: %s", name, e)
-                FUSE_ERRORS.labels(name, errno.errorcode.get(code, str(code))).inc()
-                raise pyfuse3.FUSEError(code) from None
+                raise failed(e.errno or errno.EIO) from None
             except Exception:
                 log.exception("%s failed", name)
-                FUSE_ERRORS.labels(name, "EIO").inc()
-                raise pyfuse3.FUSEError(errno.EIO) from None
+                raise failed(errno.EIO) from None
             finally:
-                seconds.observe(time.perf_counter() - t0)
+                stats.observe(perf_counter() - t0)
 
         return handler  # type: ignore[return-value]
 
@@ -294,8 +299,8 @@ class CowFS(pyfuse3.Operations):
             await self._staged(view.staging.truncate, node.path, 0)
         if view.immutable:
             self._prefetch_walk(view, node.path, e)
-        fi = pyfuse3.FileInfo(fh=self._new_fh(h), keep_cache=view.immutable)
-        return fi
+        direct = view.writable and _direct(flags)
+        return pyfuse3.FileInfo(fh=self._new_fh(h), keep_cache=view.immutable, direct_io=direct)
 
     def _prefetch_walk(self, view: View, path: str, e: Entry) -> None:
         """A file opened in a listed directory: fetch the chunks the next files live in."""
@@ -435,10 +440,15 @@ class CowFS(pyfuse3.Operations):
         return await run_staged(fn.__self__, fn, *args)  # type: ignore[attr-defined]
 
     async def _new_child(self, parent: Node, raw: bytes, e: Entry) -> pyfuse3.EntryAttributes:
+        return (await self._new_node(parent, raw, e))[1]
+
+    async def _new_node(
+        self, parent: Node, raw: bytes, e: Entry
+    ) -> tuple[Node, pyfuse3.EntryAttributes]:
         node = self.table.child(parent, raw)
         self.table.ref(node)
         try:
-            return await self._attr(node, e)
+            return node, await self._attr(node, e)
         except BaseException:
             self.table.forget(node.ino, 1)
             raise
@@ -461,11 +471,9 @@ class CowFS(pyfuse3.Operations):
         view = self._writable(parent)
         path = self._child_path(parent, name)
         e = await self._staged(view.staging.create, path, mode, bool(flags & os.O_EXCL))
-        a = await self._new_child(parent, name, e)
-        node = self.table.find(view, path)
-        assert node is not None
+        node, a = await self._new_node(parent, name, e)
         h = Handle(node, view, entry=e, writable=True, live=True)
-        return pyfuse3.FileInfo(fh=self._new_fh(h), keep_cache=False), a
+        return pyfuse3.FileInfo(fh=self._new_fh(h), keep_cache=False, direct_io=_direct(flags)), a
 
     @_op("write")
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -576,6 +584,14 @@ class CowFS(pyfuse3.Operations):
         return await self._new_child(parent, name, e)
 
     # --- branch heads and write sessions -------------------------------------------------------
+
+
+def _direct(flags: int) -> bool:
+    """Write-only handles skip the page cache (`direct_io`): the kernel then no longer asks
+    `getxattr("security.capability")` before every write (its check for privileges to drop,
+    which FUSE cannot cache), a request per write. Nothing can map or read through such a
+    handle, and other handles see the writes as before (tests/test_mount_posix.py)."""
+    return flags & os.O_ACCMODE == os.O_WRONLY
 
 
 def _chunk_index(e: Entry, offset: int) -> int:

@@ -224,3 +224,32 @@ def test_directory_mtime_and_nlink(wv: tuple[MountedLake, Path]) -> None:
     lake = m.lake()
     assert lake.lookup(lake.get_commit("r", cid), "d").mtime_ns == t3  # type: ignore[union-attr]
     assert subprocess.run(["find", str(root), "-name", "base.txt"], capture_output=True).stdout
+
+
+def test_write_only_handles_and_readers_agree(wv: tuple[MountedLake, Path]) -> None:
+    """Write-only handles bypass the page cache (`direct_io`, which spares a getxattr per
+    write): a reader that had the file open and cached sees what they append, a read-write
+    handle and its mmap see each other, and fstat follows the size."""
+    import mmap
+
+    _, root = wv
+    p = root / "log"
+    w = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    r = os.open(p, os.O_RDONLY)
+    try:
+        os.write(w, b"a" * 100)
+        assert os.pread(r, 4096, 0) == b"a" * 100
+        os.write(w, b"b" * 5000)
+        assert os.pread(r, 8192, 0) == b"a" * 100 + b"b" * 5000
+        assert os.fstat(w).st_size == os.fstat(r).st_size == 5100
+    finally:
+        os.close(r)
+        os.close(w)
+    with open(p, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        mm[:3] = b"xyz"
+        mm.flush()
+        f.seek(4000)
+        f.write(b"Q")
+        f.flush()
+        assert mm[4000:4001] == b"Q"
+    assert p.read_bytes()[:3] == b"xyz" and p.read_bytes()[4000:4001] == b"Q"
