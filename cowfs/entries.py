@@ -71,6 +71,10 @@ class Entry:
             return []
         starts = self.chunk_starts()
         i = bisect_right(starts, offset) - 1
+        ref = self.chunks[i]
+        lo = offset - starts[i]
+        if end - starts[i] <= ref.length:  # the common case: inside one chunk
+            return [(ref, lo, end - offset)]
         out = []
         while i < len(self.chunks) and starts[i] < end:
             ref = self.chunks[i]

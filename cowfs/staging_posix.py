@@ -57,6 +57,53 @@ class _Batch:
     root_mtime_ns: int = 0
 
 
+class _Held:
+    """`with ops._guard():` the area's lock, held only while the area is open. A class, not a
+    generator context manager: every FUSE request on a writable view enters one or two, and
+    `contextlib.contextmanager` costs several microseconds each."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self, ops: PosixOps) -> None:
+        self.ops = ops
+
+    def __enter__(self) -> None:
+        ops = self.ops
+        ops.lock.acquire()
+        if ops.closed:
+            ops.lock.release()
+            raise StagingError(
+                f"{ops.repo}@{ops.branch} is no longer open for writing here", _errno.EROFS
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        self.ops.lock.release()
+
+
+class _Changing(_Held):
+    """`with ops._change():` one operation as one batch. An operation made of others (a
+    create over a file truncates it) joins the batch already open; the outermost one writes
+    the batch at its end, or on any failure puts the index back (`PosixOps._finish`)."""
+
+    __slots__ = ("batch",)
+
+    def __enter__(self) -> None:
+        super().__enter__()
+        ops = self.ops
+        if ops._batch is not None:
+            self.batch = None
+            return
+        b = self.batch = ops._batch = _Batch(next_overlay=ops._next_overlay)
+        b.root_mtime_ns = ops.root_mtime_ns
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if self.batch is not None:
+                self.ops._finish(self.batch, exc_type is not None)
+        finally:
+            self.ops.lock.release()
+
+
 class PosixOps(StagedTree):
     """Reads and changes of the branch as staged. Thread-safe through `lock`."""
 
@@ -71,38 +118,31 @@ class PosixOps(StagedTree):
 
     # --- batches ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
+    def _guard(self) -> _Held:
         """Hold the lock of an area that is still open: once closed it takes no more writes."""
-        with self.lock:
-            if self.closed:
-                raise StagingError(
-                    f"{self.repo}@{self.branch} is no longer open for writing here", _errno.EROFS
-                )
-            yield
+        return _Held(self)
 
-    @contextlib.contextmanager
-    def _change(self) -> Iterator[None]:
+    def _change(self) -> _Changing:
         """One operation: applied whole (one transaction) or, on any failure, not at all."""
-        with self._guard():
-            if self._batch is not None:  # an operation made of others (create over a file)
-                yield
-                return
-            b = self._batch = _Batch(next_overlay=self._next_overlay, root_mtime_ns=0)
-            b.root_mtime_ns = self.root_mtime_ns
-            try:
-                yield
-                grew = self._next_overlay != b.next_overlay
-                if b.changes or grew:
-                    self.db.apply(b.changes, self._next_overlay if grew else None)
-            except BaseException:
+        return _Changing(self)
+
+    def _finish(self, b: _Batch, failed: bool) -> None:
+        """The end of the outermost operation of a batch: write it, or put the index back."""
+        try:
+            if failed:
                 self._rollback(b)
-                raise
-            finally:
-                self._batch = None
-            for fn in b.after:
-                with contextlib.suppress(OSError):
-                    fn()
+                return
+            grew = self._next_overlay != b.next_overlay
+            if b.changes or grew:
+                self.db.apply(b.changes, self._next_overlay if grew else None)
+        except BaseException:
+            self._rollback(b)
+            raise
+        finally:
+            self._batch = None
+        for fn in b.after:
+            with contextlib.suppress(OSError):
+                fn()
 
     def _rollback(self, b: _Batch) -> None:
         for path, prev in b.undo.items():
