@@ -31,6 +31,10 @@ _KIND_CODES = {"ids": _IDS, "repo": _REPO, "gid": _GID, "view": _VIEW}
 _UNLINKED = 1
 _HASH_MIX = 0x9E3779B1
 _MIN_INDEX = 1024
+#: Paths of nodes inside views, remembered: a request asks a node's path several times, and
+#: each answer walks to the view root and joins the names. Cleared when full, and whenever a
+#: rename or unlink moves nodes.
+_PATH_CACHE = 4096
 
 
 class Node:
@@ -126,6 +130,7 @@ class InodeTable:
         self._vroot: dict[int, int] = {}
         #: Where a detached node answers from (the staging area's orphan, or its last path).
         self._dead_path: dict[int, str] = {}
+        self._paths: dict[int, str] = {}
 
     def __len__(self) -> int:
         return self._live
@@ -149,23 +154,31 @@ class InodeTable:
         if kind == _VIEW:
             if self._flags[ino] & _UNLINKED:
                 return self._dead_path.get(ino, "\x00dead")
-            parts = []
-            arena, off, ln, parent, kinds = (
-                self._arena,
-                self._noff,
-                self._nlen,
-                self._parent,
-                self._kind,
-            )
-            while kinds[ino] == _VIEW:
-                o = off[ino]
-                parts.append(arena[o : o + ln[ino]])
-                ino = parent[ino]
-            parts.reverse()
-            return bytearray(b"/").join(parts).decode()
+            path = self._paths.get(ino)
+            if path is None:
+                if len(self._paths) >= _PATH_CACHE:
+                    self._paths.clear()
+                path = self._paths[ino] = self._walk_path(ino)
+            return path
         if kind in (_REPO, _GID):
             return self.name_of(ino).decode()
         return ""
+
+    def _walk_path(self, ino: int) -> str:
+        parts = []
+        arena, off, ln, parent, kinds = (
+            self._arena,
+            self._noff,
+            self._nlen,
+            self._parent,
+            self._kind,
+        )
+        while kinds[ino] == _VIEW:
+            o = off[ino]
+            parts.append(arena[o : o + ln[ino]])
+            ino = parent[ino]
+        parts.reverse()
+        return bytearray(b"/").join(parts).decode()
 
     def name_of(self, ino: int) -> bytes:
         o = self._noff[ino]
@@ -295,6 +308,7 @@ class InodeTable:
             elif not self._flags[ino] & _UNLINKED:
                 self._remove(ino)
             self._dead_path.pop(ino, None)
+            self._paths.pop(ino, None)  # it had no children: no other path named it
             vid = self._vid[ino]
             if vid:
                 self._vuses[vid] -= 1
@@ -319,6 +333,7 @@ class InodeTable:
         """After a rename, the node at `old` (the kernel keeps it) answers for `new` under
         `new_parent`; the nodes beneath it follow, being named by their parents. A node that
         was at `new` is detached (`kept`: as `detach`)."""
+        self._paths.clear()
         node = self.find(view, old)
         self._pin(new_parent)  # before the replaced node lets go of it
         stale = self.find(view, new)
@@ -343,6 +358,7 @@ class InodeTable:
         node = self.find(view, path)
         if node is None or not path:
             return
+        self._paths.clear()
         ino = node.ino
         self._remove(ino)
         self._flags[ino] |= _UNLINKED
