@@ -350,13 +350,16 @@ class PosixOps(StagedTree):
             rec.mtime_ns = time.time_ns()
             self._store(path, rec)
 
-    def setattr(self, path: str, mode: int | None = None, mtime_ns: int | None = None) -> None:
+    def setattr(
+        self, path: str, mode: int | None = None, mtime_ns: int | None = None
+    ) -> Entry | None:
+        """The entry as changed (None for the view root, whose entry is not the area's)."""
         with self._change():
             if not path:
                 # A commit has no entry for its root: mode is not recorded, mtime only here.
                 if mtime_ns is not None:
                     self.root_mtime_ns = mtime_ns
-                return
+                return None
             rec = self.rec(path)
             if rec is None:
                 e = self.base_lookup(path)
@@ -372,6 +375,7 @@ class PosixOps(StagedTree):
             if mtime_ns is not None:
                 rec.mtime_ns = mtime_ns
             self._store(path, rec)
+            return rec.entry(path)
 
     # --- removing and moving ---------------------------------------------------------------
 

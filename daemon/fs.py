@@ -386,7 +386,8 @@ class CowFS(pyfuse3.Operations):
     @_op("getxattr")
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         node = self._node(inode)
-        if node.kind != "view" or name not in self._XATTRS:
+        if name not in self._XATTRS or node.kind != "view":
+            # `security.capability` lands here before writes and chowns: answered first.
             raise _err(pyfuse3.ENOATTR)
         view: View = node.view
         values = {
@@ -492,18 +493,20 @@ class CowFS(pyfuse3.Operations):
             return await self._attr(node)
         view = self._writable(node)
         st = view.staging
-        if fields.update_size and not node.path:
+        path = node.path
+        if fields.update_size and not path:
             raise _err(errno.EISDIR)
+        e = None
         if fields.update_size:
-            await self._staged(st.truncate, node.path, attr.st_size)
+            await self._staged(st.truncate, path, attr.st_size)
         if fields.update_mode or fields.update_mtime:
-            await self._staged(
+            e = await self._staged(
                 st.setattr,
-                node.path,
+                path,
                 attr.st_mode if fields.update_mode else None,
                 attr.st_mtime_ns if fields.update_mtime else None,
             )
-        return await self._attr(node)
+        return await self._attr(node, e)
 
     async def _make(self, parent_inode: int, name: bytes, make: str, arg: Any) -> Any:
         """mkdir and symlink: a new child made by the staging method named `make`."""
