@@ -46,8 +46,8 @@ from cowfs.staging_records import Rec, StagingError
 #: Paths up to this many bytes of UTF-8 are their own key (LMDB allows 511).
 _INLINE_KEY = 400
 _ASIDE = ".removing-"
-CHECKPOINT_RECORDS = 4096
-CHECKPOINT_BYTES = 8 << 20
+CHECKPOINT_RECORDS = 16384
+CHECKPOINT_BYTES = 32 << 20
 _FRAME = struct.Struct("<IQ")
 
 
