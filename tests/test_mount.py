@@ -658,25 +658,34 @@ os.fdatasync = _spy(os.fdatasync)
 
 def test_fsync_makes_a_staged_file_durable(local: MountedLake) -> None:
     """fsync(2) on a staged file syncs its overlay (even one whose fd the area no longer holds
-    open) and the overlay directory."""
+    open) and the overlay directory; a small file's bytes, kept in its record, reach the
+    synced records (the journal is checkpointed)."""
+    from cowfs.staging_records import INLINE_MAX
+
     put_tree(local)
     log = local.root / "synced.log"
     local.customize_mount(_SYNC_SPY)
     local.mount_env["COWFS_TEST_SYNC_LOG"] = str(log)
     local.mount()
     main = _open_writable(local)
+    big = b"must survive" * (INLINE_MAX // 12 + 1)  # past the inline limit: an overlay file
     with open(main / "target.bin", "wb", buffering=0) as f:
-        f.write(b"must survive")
+        f.write(big)
         # Many more overlays since: the area's fd cache has let go of this one.
         for i in range(300):
-            (main / f"other-{i}").write_bytes(b"x")
+            (main / f"other-{i}").write_bytes(b"x" * (INLINE_MAX + 1))
         log.write_text("")
         os.fsync(f.fileno())
     synced = log.read_text().split()
     area = _area(local, "images", "main")
     assert str(area / "data" / "1") in synced  # target.bin's overlay, the area's first
     assert str(area / "data") in synced
-    assert (main / "target.bin").read_bytes() == b"must survive"
+    assert (main / "target.bin").read_bytes() == big
+    with open(main / "small.txt", "wb", buffering=0) as f:
+        f.write(b"small")
+        os.fsync(f.fileno())
+        assert (area / "journal").stat().st_size == 0
+    assert (main / "small.txt").read_bytes() == b"small"
 
 
 def test_ids_show_each_repo_once_finished_first(local: MountedLake) -> None:
