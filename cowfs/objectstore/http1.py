@@ -32,6 +32,9 @@ class Response(NamedTuple):
     status: int
     #: Header names lower-cased; a repeated header keeps its last value.
     headers: dict[str, str]
+    #: The body's first `split` bytes (as asked of `Pool.get`), then the rest, each a `bytes` of
+    #: its own: a framed object's payload is read apart from its header, not sliced out.
+    head: bytes
     body: bytes
 
 
@@ -133,14 +136,14 @@ class Pool:
                 return
         conn.close()
 
-    def get(self, path: str, headers: Mapping[str, str]) -> Response:
+    def get(self, path: str, headers: Mapping[str, str], split: int = 0) -> Response:
         """One GET, on a kept-alive connection if one is idle (asked again on a fresh one
-        when the server had closed it meanwhile)."""
+        when the server had closed it meanwhile); the body's first `split` bytes apart."""
         req = request_bytes(path, self.netloc, headers)
         while True:
             conn = self._take()
             try:
-                return self._exchange(conn, req)
+                return self._exchange(conn, req, split)
             except _StaleConnection:
                 conn.close()
                 if not conn.reused:
@@ -153,7 +156,7 @@ class Pool:
                 conn.close()
                 raise
 
-    def _exchange(self, conn: _Conn, req: bytes) -> Response:
+    def _exchange(self, conn: _Conn, req: bytes, split: int) -> Response:
         conn.sock.sendall(req)
         status, keep, headers = read_head(conn.fp)
         if "transfer-encoding" in headers:
@@ -162,14 +165,16 @@ class Pool:
         if length is None or not length.isdigit():
             raise Unsupported("no content-length")
         n = int(length)
-        body = conn.fp.read(n) if n else b""
-        if len(body) != n:
-            raise BodyBroken(f"body broken off at {len(body)} of {n} bytes")
+        k = min(split, n)
+        head = conn.fp.read(k) if k else b""
+        body = conn.fp.read(n - k) if n > k else b""
+        if len(head) + len(body) != n:
+            raise BodyBroken(f"body broken off at {len(head) + len(body)} of {n} bytes")
         if keep and headers.get("connection", "").lower() != "close":
             self._give(conn)
         else:
             conn.close()
-        return Response(status, headers, body)
+        return Response(status, headers, head, body)
 
     def close(self) -> None:
         with self._lock:

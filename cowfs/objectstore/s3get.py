@@ -31,8 +31,10 @@ _CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 
 
 class Got(NamedTuple):
+    #: The body after its first `split` bytes (`head`), as asked of `FastGet.get`.
     data: bytes
     etag: str
+    head: bytes = b""
 
 
 class Absent(NamedTuple):
@@ -93,9 +95,9 @@ class FastGet:
         S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(req)
         return dict(req.headers.items())
 
-    def get(self, full_key: str) -> Got | Absent | Unreachable | None:
-        """The object, Absent, Unreachable, or None when this path cannot tell (the caller then
-        asks boto3)."""
+    def get(self, full_key: str, split: int = 0) -> Got | Absent | Unreachable | None:
+        """The object (its first `split` bytes apart), Absent, Unreachable, or None when this
+        path cannot tell (the caller then asks boto3)."""
         base = self.base
         pool, base_path = self._pool_for(base)
         quoted = quote(full_key, safe="/~")
@@ -104,7 +106,7 @@ class FastGet:
         failure: Unreachable | None = None
         for _ in range(self._attempts):
             try:
-                resp = pool.get(path, headers)
+                resp = pool.get(path, headers, split)
             except Unsupported:
                 return None
             except BodyBroken:
@@ -114,9 +116,9 @@ class FastGet:
                 failure = Unreachable(type(e).__name__)
                 continue
             if resp.status == 200:
-                return Got(resp.body, resp.headers.get("etag", ""))
+                return Got(resp.body, resp.headers.get("etag", ""), resp.head)
             if resp.status == 404:
-                m = _CODE.search(resp.body)
+                m = _CODE.search(resp.head + resp.body)
                 if m is not None and m.group(1) == b"NoSuchKey":
                     return Absent()
             return None
