@@ -498,7 +498,9 @@ def test_open_objectstore_rejects(url: str) -> None:
 
 
 def test_fast_get_reads_what_boto3_reads(s3_url: str) -> None:
-    """Same bytes and ETag as boto3 for keys that need quoting; absent keys are absent."""
+    """Same bytes and ETag as boto3 for keys that need quoting, answered by the fast path
+    itself (a signature the server refused would fall back to boto3 unseen); absent keys are
+    absent."""
     fast = S3Store(s3_url, create=True)
     slow = S3Store(s3_url, settings=StoreSettings(s3_fast_get=False))
     assert fast._fast is not None and slow._fast is None  # noqa: SLF001
@@ -509,6 +511,7 @@ def test_fast_get_reads_what_boto3_reads(s3_url: str) -> None:
         assert fast._get(key) == slow._get(key), key  # noqa: SLF001
         assert fast._get(key) is not None  # noqa: SLF001
         assert fast.get_parts(key, 16) == slow.get_parts(key, 16), key
+        assert isinstance(fast._fast.get(fast._key(key)), Got), key  # signed right: no fallback
     with pytest.raises(ObjectMissing):
         fast.get("no/such/key")
 
@@ -538,7 +541,7 @@ def test_fast_get_leaves_refusals_to_boto3(s3_url: str) -> None:
     store = S3Store(s3_url)
     from botocore.credentials import Credentials
 
-    store._fast._credentials = Credentials("wrong-key", "wrong")  # noqa: SLF001
+    store._fast._signer._credentials = Credentials("wrong-key", "wrong")  # noqa: SLF001
     store._client._request_signer._credentials = Credentials("wrong-key", "wrong")  # noqa: SLF001
     with pytest.raises(StoreUnavailable, match="refused to read"):
         store.get("k")

@@ -63,6 +63,15 @@ class _Conn:
         self.sock.close()
 
 
+def host_header(scheme: str, hostname: str, port: int | None) -> str:
+    """The Host header for a URL's parts (as botocore signs it): the port only when it is not
+    the scheme's default."""
+    host = f"[{hostname}]" if ":" in hostname else hostname
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        host = f"{host}:{port}"
+    return host
+
+
 def request_bytes(path: str, host: str, headers: Mapping[str, str]) -> bytes:
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
     lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "host"]
@@ -99,7 +108,8 @@ class Pool:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"unsupported URL {url!r}")
         scheme = parts.scheme
-        self.netloc = parts.netloc
+        #: What is sent as the Host header (and signed).
+        self.host = host_header(scheme, parts.hostname, parts.port)
         self._host = parts.hostname
         self._port = parts.port or (443 if scheme == "https" else 80)
         self._tls = ssl.create_default_context() if scheme == "https" else None
@@ -139,7 +149,7 @@ class Pool:
     def get(self, path: str, headers: Mapping[str, str], split: int = 0) -> Response:
         """One GET, on a kept-alive connection if one is idle (asked again on a fresh one
         when the server had closed it meanwhile); the body's first `split` bytes apart."""
-        req = request_bytes(path, self.netloc, headers)
+        req = request_bytes(path, self.host, headers)
         while True:
             conn = self._take()
             try:
