@@ -340,6 +340,16 @@ def test_the_command_table_names_every_command_where_it_is_defined(tmp_path: Pat
         for name in main.module_commands(info.name):
             defined[name] = info.name
     assert defined == main.COMMAND_MODULES
+    # Every subcommand another module adds to a group is reachable through the group alone.
+    import click
+
+    for group, extensions in main.GROUP_EXTENSIONS.items():
+        command = main.cli.get_command(click.Context(main.cli), group)
+        assert isinstance(command, click.Group)
+        for ext in extensions:
+            mod = __import__(f"cowfs.cli.{ext}", fromlist=["x"])
+            added = [c for c in vars(mod).values() if isinstance(c, click.Command)]
+            assert any(command.commands.get(c.name) is c for c in added), (group, ext)
     probe = (
         "import sys, runpy\n"
         "sys.argv = ['cowfs', 'repo', 'list']\n"

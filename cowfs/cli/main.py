@@ -23,6 +23,8 @@ COMMAND_MODULES: dict[str, str] = {
     **dict.fromkeys(("mount", "umount", "write", "commit", "warmup"), "mount"),
     "s3": "s3",  # the S3 gateway (docs/s3.md)
 }
+#: Groups that other modules add subcommands to: those are imported with the group.
+GROUP_EXTENSIONS: dict[str, tuple[str, ...]] = {"branch": ("lifecycle",)}  # branch reset
 
 
 def module_commands(module: str) -> dict[str, click.Command]:
@@ -44,7 +46,11 @@ class _Group(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = COMMAND_MODULES.get(cmd_name)
-        return None if module is None else module_commands(module).get(cmd_name)
+        if module is None:
+            return None
+        for extension in GROUP_EXTENSIONS.get(cmd_name, ()):
+            importlib.import_module(f"cowfs.cli.{extension}")
+        return module_commands(module).get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
