@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -86,6 +87,27 @@ def test_connection_is_kept_alive_and_a_stale_one_is_replaced() -> None:
         assert pool.get("/a", {}).body == b"r1"
         assert pool.get("/a", {}).body == b"r2"
         assert pool.get("/a", {}).body == b"r3"  # the kept one was closed: asked again
+        pool.close()
+
+
+def test_a_forked_child_does_not_share_the_parents_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    peers: set[tuple[str, int]] = set()
+
+    def handle(conn: socket.socket, n: int) -> bool:
+        peers.add(conn.getpeername())
+        conn.sendall(ok(b"x"))
+        return True
+
+    with server(handle) as url:
+        pool = Pool(url, 2.0, 2.0, 4)
+        pool.get("/a", {})
+        pool.get("/a", {})
+        assert len(peers) == 1
+        monkeypatch.setattr(os, "getpid", lambda: -1)
+        pool.get("/a", {})
+        assert len(peers) == 2
         pool.close()
 
 

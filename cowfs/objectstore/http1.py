@@ -15,6 +15,7 @@ raises `Unsupported`, and the caller asks a complete client. Transport failures 
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -118,6 +119,7 @@ class Pool:
         self._size = size
         self._idle: deque[_Conn] = deque()
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def _connect(self) -> _Conn:
         sock = socket.create_connection((self._host, self._port), timeout=self._connect_timeout)
@@ -133,6 +135,10 @@ class Pool:
 
     def _take(self) -> _Conn:
         with self._lock:
+            if self._pid != os.getpid():
+                # A forked child: the idle connections are the parent's too. Forget them
+                # (closing them here would not hurt the parent, but using them would).
+                self._idle, self._pid = deque(), os.getpid()
             if self._idle:
                 conn = self._idle.pop()
                 conn.reused = True
