@@ -15,17 +15,52 @@ fsspec finds the `cowfs://` filesystem (`cowfs.filesystem.CowFileSystem`) by its
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from cowfs.api import Client, FileInfo, connect
-from cowfs.commits import Commit, Provenance
-from cowfs.errors import CowfsError, NameTooLong, NotFound, ReadOnly, UsageError
-from cowfs.writer import BranchWriter
+if TYPE_CHECKING:
+    from cowfs.api import Client, FileInfo, connect
+    from cowfs.commits import Commit, Provenance
+    from cowfs.errors import CowfsError, NameTooLong, NotFound, ReadOnly, UsageError
+    from cowfs.writer import BranchWriter
 
-try:
-    __version__ = version("cowfs")
-except PackageNotFoundError:  # a checkout on sys.path, not installed
-    __version__ = "0+unknown"
+#: Where each exported name lives. Imported on first use (PEP 562), not with the package: every
+#: `cowfs` command imports `cowfs.cli`, and the whole library behind `connect` would add a
+#: quarter of a second to each.
+_EXPORTS = {
+    "Client": "cowfs.api",
+    "FileInfo": "cowfs.api",
+    "connect": "cowfs.api",
+    "Commit": "cowfs.commits",
+    "Provenance": "cowfs.commits",
+    "CowfsError": "cowfs.errors",
+    "NameTooLong": "cowfs.errors",
+    "NotFound": "cowfs.errors",
+    "ReadOnly": "cowfs.errors",
+    "UsageError": "cowfs.errors",
+    "BranchWriter": "cowfs.writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("cowfs")
+        except PackageNotFoundError:  # a checkout on sys.path, not installed
+            value = "0+unknown"
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'cowfs' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "BranchWriter",

@@ -52,8 +52,8 @@ class StoreSettings:
     - `COWFS_S3_CONNECT_TIMEOUT`, `COWFS_S3_READ_TIMEOUT` (seconds, per socket operation) and
       `COWFS_S3_ATTEMPTS` (total tries of a transient failure): a dead or stopped endpoint fails
       a request in about `attempts * (connect or read timeout)`, seconds rather than minutes.
-    - `COWFS_S3_FAST_GET=0` sends GETs through boto3 instead of botocore-signed urllib3
-      requests (`cowfs.objectstore.s3get`), for comparison or a server the fast path trips.
+    - `COWFS_S3_FAST_GET=0` sends GETs through boto3 instead of the lean signed HTTP/1.1
+      requests of `cowfs.objectstore.s3get`, for comparison or a server the fast path trips.
     """
 
     file_mode: int = 0o600

@@ -84,6 +84,9 @@ class Index:
         self._meta = self.env.open_db(b"meta")
         self._doubt = self.env.open_db(b"doubt")
         self._files = self.path / "files"
+        #: Chunk folders made (or found) by this process: a `mkdir` per cached chunk was 3% of
+        #: a cold read's CPU. At most one per chunk-key prefix (4,096).
+        self._dirs: set[Path] = set()
         self._lock = threading.Lock()
         self._evicting = False
         self._warned = False
@@ -181,9 +184,15 @@ class Index:
         size = len(data)
         path = self._file(key)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent not in self._dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._dirs.add(path.parent)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-            tmp.write_bytes(data)
+            try:
+                tmp.write_bytes(data)
+            except FileNotFoundError:  # the folder was removed since: make it again
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
             os.replace(tmp, path)
         with self.env.begin(write=True) as txn:
             total = self._total(txn)

@@ -13,10 +13,9 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
-from cowfs import accounting, gcguard, layout, tags, tree
+from cowfs import accounting, gcguard, layout, lost_refs, repo_removal, tags, tree
 from cowfs.changes import ChangeSet, resolve
 from cowfs.commits import Commit, Provenance, new_id, parse_record
 from cowfs.config import StoreSettings, cache_dir_for, default_store_url
@@ -25,7 +24,6 @@ from cowfs.errors import (
     AlreadyExists,
     Conflict,
     CorruptObject,
-    CowfsError,
     Damaged,
     NotFound,
     ObjectMissing,
@@ -38,17 +36,16 @@ from cowfs.names import check_name
 from cowfs.objectstore import ObjectStore, Versioned, open_objectstore
 from cowfs.refs import Ref
 from cowfs.repos import (
+    CAS_TRIES,
     RefRecord,
     RepoRecord,
     branch_record_bytes,
-    branch_record_incarnation,
     parse_ref_record,
     parse_repo_record,
 )
 from cowfs.store import Store, parse_json
 
 STORE_FORMAT = 1
-_CAS_TRIES = 50
 #: How long a reader trusts the repo incarnation it read (writers re-read it after each swap).
 _INCARNATION_TTL_S = 2.0
 
@@ -130,6 +127,10 @@ class Lake:
         except NotFound:
             return None
 
+    def forget_incarnation(self, repo: str) -> None:
+        """The repo is gone (a delete marked it): readers see no incarnation from now on."""
+        self._incs[repo] = (time.monotonic(), None)
+
     def create_repo(self, name: str, description: str = "") -> dict:
         check_name(name, "repo name")
         record = RepoRecord.new(name, description)
@@ -163,44 +164,9 @@ class Lake:
         return out
 
     def delete_repo(self, name: str) -> None:
-        """Drop a repo: mark its record `deleting` (by compare-and-swap: from here on the repo is
-        gone for readers and writers), remove its refs, branch records, commits and every marker
-        they wrote, purge them from the node's index, then remove the record. Chunks wait for
-        garbage collection. An interrupted delete is finished by running it again."""
-        check_name(name, "repo name")
-        for _ in range(_CAS_TRIES):
-            got = self._read_repo(name)
-            if got is None:
-                raise NotFound(f"no repo named {name}: see `cowfs repo list`")
-            record, current = got
-            if record.deleting:
-                break
-            marked = replace(record, deleting=True)
-            if self.objects.swap(repo_key(name), marked.to_bytes(), current.token):
-                break
-        else:
-            raise Conflict(f"repo {name} kept changing while being deleted: retry")
-        self._incs[name] = (time.monotonic(), None)
-        for prefix in layout.repo_owned_prefixes(name):
-            for key, _ in self.objects.list(prefix):
-                if prefix == layout.commits_prefix(name):
-                    for marker in self._markers_of(key):
-                        self.objects.delete(marker)
-                self.objects.delete(key)
-            self.store.index.forget_prefix(prefix)
-        self.objects.delete(repo_key(name))
-
-    def _markers_of(self, key: str) -> list[str]:
-        """The markers a commit record names, read leniently: a damaged record loses only its
-        markers (which readers skip once dangling)."""
-        try:
-            d = json.loads(self.objects.get(key))
-            inputs = [(p["repo"], p["commit"]) for p in d.get("provenance", ())]
-            return layout.commit_marker_keys(
-                d["repo"], d["id"], d.get("global_id") or d["id"], inputs
-            )
-        except (ObjectMissing, ValueError, KeyError, TypeError, AttributeError):
-            return []
+        """Drop a repo, whole or (if interrupted) finished by running it again
+        (`cowfs.repo_removal`)."""
+        repo_removal.delete_repo(self, name)
 
     # --- branches ------------------------------------------------------------------------------
 
@@ -234,42 +200,8 @@ class Lake:
         return self.get_commit(repo, cid) if cid else None
 
     def lost_branch(self, repo: str, branch: str) -> str | None:
-        """A message when `repo@branch` has no ref although it had a head (store damage:
-        the ref was deleted behind cowfs' back), else None."""
-        inc = self.incarnation(repo)
-        try:
-            data = self.objects.get(layout.branch_record_key(repo, branch))
-        except ObjectMissing:
-            return None
-        if inc is None or branch_record_incarnation(data) != inc:
-            return None
-        if self.head_id(repo, branch) is not None:
-            return None
-        newest = self._newest_commit_of(repo, branch)
-        restore = (
-            f"restore it with `cowfs branch create {repo}@{branch} --from {repo}@{newest}`, or "
-            if newest
-            else ""
-        )
-        return (
-            f"branch {repo}@{branch} had commits but its ref {ref_key(repo, branch)} is missing "
-            f"(store damage): {restore}forget it with `cowfs branch delete {repo}@{branch}`"
-        )
-
-    def _newest_commit_of(self, repo: str, branch: str) -> str | None:
-        best: tuple[float, str] | None = None
-        for key, _ in self.objects.list(layout.commits_prefix(repo)):
-            try:
-                c = self.get_commit(repo, layout.last_part(key))
-            except CowfsError:
-                continue
-            if (
-                c.branch == branch
-                and c.state == "finished"
-                and (best is None or c.created > best[0])
-            ):
-                best = (c.created, c.id)
-        return best[1] if best else None
+        """A message when `repo@branch` had a head but has no ref (`cowfs.lost_refs`)."""
+        return lost_refs.lost_branch(self, repo, branch)
 
     def _refuse_lost(self, repo: str, branch: str) -> None:
         msg = self.lost_branch(repo, branch)
@@ -419,7 +351,7 @@ class Lake:
         """
         inc = self.repo_record(repo).incarnation
         check_name(branch, "branch name")
-        for _ in range(_CAS_TRIES):
+        for _ in range(CAS_TRIES):
             current, head_id = self._ref(repo, branch, inc)
             head = self.get_commit(repo, head_id) if head_id else None
             if expected_head is not None and (head.id if head else None) != expected_head:
@@ -427,13 +359,7 @@ class Lake:
             if head is None:
                 self._refuse_lost(repo, branch)
                 tags.refuse_branch_named_like_tag(self.objects, repo, branch)  # history hook
-            base = head.tree if head else tree.empty_tree(self.store)
-            edits = resolve(self.store, base, changes)
-            grafted = tree.iter_all(self.store, changes.graft.root) if changes.graft else ()
-            self.store.refuse_doubted(
-                e for e in itertools.chain(edits.values(), grafted) if e is not None
-            )
-            new_tree = tree.apply(self.store, base, edits, changes.graft)
+            new_tree = self._new_tree(head, changes)
             if head is not None and new_tree == head.tree and not allow_empty:
                 return head
             files, size = tree.totals(self.store, new_tree)
@@ -459,27 +385,44 @@ class Lake:
                 incarnation=inc,
             )
             self._write_commit(commit)
-            if state != "finished":
+            if state != "finished" or self._publish(commit, branch, head, current):
                 return commit
-            try:  # history hook: the collector's guard, right before the swap
-                gcguard.before_swap(
-                    self,
-                    repo,
-                    new_tree,
-                    head.tree if head else None,
-                    [commit_key(repo, cid)] + [commit_key(repo, p) for p in extra_parents],
-                )
-            except Conflict:
-                self._unwrite_commit(commit)
-                raise
-            ref = RefRecord(cid, inc).to_bytes()
-            if self.objects.swap(ref_key(repo, branch), ref, current.token if current else None):
-                self._after_swap(repo, branch, inc, ref, created=head is None, undo=commit)
-                return commit
-            self._unwrite_commit(commit)
         raise Conflict(
-            f"{repo}@{branch} kept moving under this commit after {_CAS_TRIES} tries: retry"
+            f"{repo}@{branch} kept moving under this commit after {CAS_TRIES} tries: retry"
         )
+
+    def _new_tree(self, head: Commit | None, changes: ChangeSet) -> str:
+        """The tree of `changes` applied over `head`; refuses chunks this node found damaged."""
+        base = head.tree if head else tree.empty_tree(self.store)
+        edits = resolve(self.store, base, changes)
+        grafted = tree.iter_all(self.store, changes.graft.root) if changes.graft else ()
+        self.store.refuse_doubted(
+            e for e in itertools.chain(edits.values(), grafted) if e is not None
+        )
+        return tree.apply(self.store, base, edits, changes.graft)
+
+    def _publish(
+        self, c: Commit, branch: str, head: Commit | None, current: Versioned | None
+    ) -> bool:
+        """Swap the branch from `head` to the written commit `c`; False (and `c` unwritten)
+        when another writer moved it first, so the caller re-applies over the new head."""
+        try:  # history hook: the collector's guard, right before the swap
+            gcguard.before_swap(
+                self,
+                c.repo,
+                c.tree,
+                head.tree if head else None,
+                [commit_key(c.repo, p) for p in (c.id, *(c.parents[1:] if head else c.parents))],
+            )
+        except Conflict:
+            self._unwrite_commit(c)
+            raise
+        ref = RefRecord(c.id, c.incarnation).to_bytes()
+        if self.objects.swap(ref_key(c.repo, branch), ref, current.token if current else None):
+            self._after_swap(c.repo, branch, c.incarnation, ref, created=head is None, undo=c)
+            return True
+        self._unwrite_commit(c)
+        return False
 
     def _marker_keys(self, c: Commit) -> list[str]:
         return layout.commit_marker_keys(

@@ -90,16 +90,23 @@ def encode(kind: Kind, plain: bytes | memoryview) -> bytes:
 
 def decode(oid: str, framed: bytes, kind: Kind | None = None) -> bytes:
     """Unframe and verify an object; any mismatch is `CorruptObject` naming the object."""
-    if len(framed) < HEADER_SIZE:
+    return decode_parts(oid, framed[:HEADER_SIZE], memoryview(framed)[HEADER_SIZE:], kind)
+
+
+def decode_parts(
+    oid: str, head: bytes, payload: bytes | memoryview, kind: Kind | None = None
+) -> bytes:
+    """`decode` of an object read as its header and its payload: a raw payload that is already
+    `bytes` is returned as it is, once verified, not copied."""
+    if len(head) < HEADER_SIZE:
         raise CorruptObject(f"object {oid} is corrupt: truncated header")
-    magic, version, k, codec, length = _HEADER.unpack_from(framed)
+    magic, version, k, codec, length = _HEADER.unpack_from(head)
     if magic != MAGIC or version != VERSION:
         raise CorruptObject(f"object {oid} is corrupt: bad magic or unknown version {version}")
     if kind is not None and k != kind:
         raise CorruptObject(f"object {oid} is corrupt: kind {k}, expected {int(kind)}")
-    payload = memoryview(framed)[HEADER_SIZE:]
     if codec == Codec.RAW:
-        plain = bytes(payload)
+        plain = payload if isinstance(payload, bytes) else bytes(payload)
     elif codec == Codec.ZSTD:
         try:
             plain = _decompressor().decompress(payload, max_output_size=length)

@@ -23,6 +23,9 @@ from dataclasses import asdict, dataclass
 
 from cowfs.errors import CorruptObject
 
+#: How often a compare-and-swap on a repo record or a ref is retried before giving up (each
+#: retry re-reads what the other writer left).
+CAS_TRIES = 50
 _CID = re.compile(r"[0-9a-f]{32}")
 
 

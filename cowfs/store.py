@@ -18,7 +18,7 @@ from cowfs import layout
 from cowfs.entries import ChunkRef, Entry, approx_bytes
 from cowfs.errors import CorruptObject, ObjectMissing
 from cowfs.index import Index
-from cowfs.objects import Kind, decode, encode, object_id, object_key
+from cowfs.objects import HEADER_SIZE, Kind, decode, decode_parts, encode, object_id, object_key
 from cowfs.objectstore import ObjectStore
 from cowfs.tree import Node, decode_node, encode_node
 
@@ -167,7 +167,7 @@ class Store:
             if hit is not None:
                 return hit
         try:
-            framed = self.objects.get(key)
+            head, payload = self.objects.get_parts(key, HEADER_SIZE)
         except ObjectMissing:
             self.index.doubt(key)
             what = "chunk" if kind is Kind.CHUNK else "tree node"
@@ -175,7 +175,7 @@ class Store:
                 f"{what} {oid} is missing from the store {self.objects.url}"
             ) from None
         try:
-            plain = decode(oid, framed, kind)
+            plain = decode_parts(oid, head, payload, kind)
         except CorruptObject:
             self.index.doubt(key)
             raise

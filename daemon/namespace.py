@@ -318,10 +318,12 @@ class Namespace:
         swept = time.monotonic()
         while True:
             await trio.sleep(POLL_S)
+            # Every second, not every sweep: a walk maps index pages at ~13 MiB/s, which ten
+            # seconds' worth would add to the resident size (docs/benchmarks.md, walk memory).
+            release_maps(self.lake.store.index.path)
             if time.monotonic() - swept >= SWEEP_S:
                 swept = time.monotonic()
                 self.sweep_views()
-                release_maps(self.lake.store.index.path)
             for (repo, branch), (_, seen) in list(self.watched.items()):
                 if time.monotonic() - seen > WATCH_IDLE_S:
                     del self.watched[(repo, branch)]

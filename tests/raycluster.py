@@ -28,7 +28,18 @@ def ray_cluster() -> Iterator[RayCluster]:
     cluster = Cluster(
         initialize_head=True,
         connect=True,
-        head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": False},
+        head_node_args={
+            "num_cpus": 1,
+            "resources": {"head": 1},
+            "include_dashboard": False,
+            # A removed node is declared dead after five failed health checks a second apart,
+            # not Ray's default fifteen seconds: the node-removal test waits for it.
+            "_system_config": {
+                "health_check_initial_delay_ms": 1000,
+                "health_check_period_ms": 1000,
+                "health_check_failure_threshold": 5,
+            },
+        },
     )
     gpu = cluster.add_node(num_cpus=1, num_gpus=1, resources={"gpu_node": 1})
     cluster.wait_for_nodes(timeout=120)

@@ -60,7 +60,7 @@ def test_mount_matches_model(backend: str, tmp_path: Path, request: pytest.Fixtu
     m.cli("init")
     m.mount()
     counter = iter(range(1000))
-    examples = 12 if backend == "local" else 5
+    examples = 10 if backend == "local" else 3
 
     class Machine(RuleBasedStateMachine):
         @initialize()

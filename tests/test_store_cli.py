@@ -323,3 +323,45 @@ def test_concurrent_puts_to_one_branch_all_land(lake_env: LakeEnv, tmp_path: Pat
     expected = {f"/{w}/{i}.txt" for w in ("alice", "bob") for i in range(4)}
     assert expected <= paths
     assert len(lake_env.json("log", "r@main")) == 1 + 8
+
+
+def test_the_command_table_names_every_command_where_it_is_defined(tmp_path: Path) -> None:
+    """`cowfs` imports a command's module only when it runs (cowfs/cli/main.py): the table must
+    name every command of every module, and `cowfs repo list` must not import the others."""
+    import pkgutil
+
+    import cowfs.cli
+    from cowfs.cli import main
+
+    defined: dict[str, str] = {}
+    for info in pkgutil.iter_modules(cowfs.cli.__path__):
+        if info.name in ("main", "common"):
+            continue
+        for name in main.module_commands(info.name):
+            defined[name] = info.name
+    assert defined == main.COMMAND_MODULES
+    # Every subcommand another module adds to a group is reachable through the group alone.
+    import click
+
+    for group, extensions in main.GROUP_EXTENSIONS.items():
+        command = main.cli.get_command(click.Context(main.cli), group)
+        assert isinstance(command, click.Group)
+        for ext in extensions:
+            mod = __import__(f"cowfs.cli.{ext}", fromlist=["x"])
+            added = [c for c in vars(mod).values() if isinstance(c, click.Command)]
+            assert any(command.commands.get(c.name) is c for c in added), (group, ext)
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['cowfs', 'repo', 'list']\n"
+        "try:\n"
+        "    runpy.run_module('cowfs.cli.main', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('cowfs.cli.', 'cowfs.pipelines',"
+        " 'cowfs.s3gateway', 'cowfs.api'))))\n"
+    )
+    env = {**os.environ, "COWFS_STORE": str(tmp_path / "store"), "COWFS_STATE_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    ).stdout
+    assert out.strip() == "['cowfs.cli.admin', 'cowfs.cli.common']", out

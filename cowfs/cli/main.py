@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -9,8 +10,48 @@ import click
 from cowfs.cli.common import Context
 from cowfs.errors import CowfsError
 
+#: Which module of `cowfs.cli` defines each command: a command imports only its own module, so
+#: `cowfs repo list` does not pay for the pipeline, gateway and mount code at start-up.
+#: tests/test_store_cli.py checks this table against every module's `COMMANDS`.
+COMMAND_MODULES: dict[str, str] = {
+    **dict.fromkeys(("init", "repo", "branch", "stats"), "admin"),
+    **dict.fromkeys(("put", "get", "cat", "ls", "rm"), "data"),
+    **dict.fromkeys(("log", "diff", "inspect"), "history"),
+    **dict.fromkeys(("pipeline", "job", "datum", "logs", "lineage", "wait"), "pipeline"),
+    "daemon": "daemon",
+    **dict.fromkeys(("tag", "merge", "revert", "gc", "check"), "lifecycle"),
+    **dict.fromkeys(("mount", "umount", "write", "commit", "warmup"), "mount"),
+    "s3": "s3",  # the S3 gateway (docs/s3.md)
+}
+#: Groups that other modules add subcommands to: those are imported with the group.
+GROUP_EXTENSIONS: dict[str, tuple[str, ...]] = {"branch": ("lifecycle",)}  # branch reset
+
+
+def module_commands(module: str) -> dict[str, click.Command]:
+    """The commands `cowfs.cli.<module>` defines; none where the mount's optional dependencies
+    are missing at import time."""
+    try:
+        mod = importlib.import_module(f"cowfs.cli.{module}")
+    except ImportError:
+        if module != "mount":
+            raise
+        return {}
+    commands = getattr(mod, "COMMANDS", None) or [getattr(mod, module)]
+    return {c.name: c for c in commands if c.name}
+
 
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is None:
+            return None
+        for extension in GROUP_EXTENSIONS.get(cmd_name, ()):
+            importlib.import_module(f"cowfs.cli.{extension}")
+        return module_commands(module).get(cmd_name)
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
@@ -40,24 +81,6 @@ def cli(ctx: click.Context, store: str | None) -> None:
     obj = Context(store)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
-
-
-def _register() -> None:
-    from cowfs.cli import admin, daemon, data, history, lifecycle, pipeline
-
-    for module in (admin, data, history, pipeline, daemon, lifecycle):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-    cli.add_command(__import__("cowfs.cli.s3", fromlist=["s3"]).s3)  # the S3 gateway (docs/s3.md)
-    try:
-        from cowfs.cli import mount as mount_cmds
-    except ImportError:  # the mount's dependencies are optional at import time
-        return
-    for command in mount_cmds.COMMANDS:
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:

@@ -30,6 +30,15 @@ class ObjectStore(ABC):
     def get(self, key: str) -> bytes:
         """Return the object's bytes; raise `ObjectMissing` if there is none."""
 
+    def get_parts(self, key: str, head: int) -> tuple[bytes, bytes | memoryview]:
+        """The object's first `head` bytes and the rest; raise `ObjectMissing` if there is none.
+
+        For reading a framed object (`cowfs.objects`): a store that reads into buffers of its
+        own returns the rest as `bytes` of its own, so a raw chunk's plain bytes are not copied
+        again to strip the header. This default slices `get`."""
+        data = self.get(key)
+        return data[:head], memoryview(data)[head:]
+
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Write an object whole. Readers see either nothing or all of it, never a part."""

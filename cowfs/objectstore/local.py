@@ -71,6 +71,13 @@ class LocalStore(ObjectStore):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectMissing(f"object {key} is missing from {self.url}") from None
 
+    def get_parts(self, key: str, head: int) -> tuple[bytes, bytes | memoryview]:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read(head), f.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectMissing(f"object {key} is missing from {self.url}") from None
+
     def put(self, key: str, data: bytes) -> None:
         self._write(key, data, durable=False)
         self._dirty = True

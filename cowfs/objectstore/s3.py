@@ -280,12 +280,17 @@ class S3Store(ObjectStore):
             self._raise(e, "create bucket")
 
     def _get(self, key: str) -> tuple[bytes, str] | None:
-        """GET with the body fully read; None when the key is absent. The common answers come
-        through `FastGet`; boto3 answers whatever that cannot tell."""
+        """GET with the body fully read; None when the key is absent."""
+        got = self._fetch(key, 0)
+        return None if got is None else (got[1], got[2])
+
+    def _fetch(self, key: str, split: int) -> tuple[bytes, bytes, str] | None:
+        """The body's first `split` bytes, the rest, and the ETag; None when the key is absent.
+        The common answers come through `FastGet`; boto3 answers whatever that cannot tell."""
         if self._fast is not None:
-            got = self._fast.get(self._key(key))
+            got = self._fast.get(self._key(key), split)
             if isinstance(got, Got):
-                return got.data, got.etag
+                return got.head, got.data, got.etag
             if isinstance(got, Absent):
                 return None
             if isinstance(got, Unreachable):
@@ -311,7 +316,8 @@ class S3Store(ObjectStore):
                     self._raise(e, "read", key)
                 time.sleep(0.05 * 2**attempt)
                 continue
-            return data, resp["ETag"]
+            head, rest = (data[:split], data[split:]) if split else (b"", data)
+            return head, rest, resp["ETag"]
         raise AssertionError("unreachable")
 
     # -- the ObjectStore interface ---------------------------------------------------------------
@@ -321,6 +327,12 @@ class S3Store(ObjectStore):
         if got is None:
             raise ObjectMissing(f"object {key} is missing from {self.url}")
         return got[0]
+
+    def get_parts(self, key: str, head: int) -> tuple[bytes, bytes | memoryview]:
+        got = self._fetch(key, head)
+        if got is None:
+            raise ObjectMissing(f"object {key} is missing from {self.url}")
+        return got[0], got[1]
 
     def get_versioned(self, key: str) -> Versioned | None:
         got = self._get(key)

@@ -1,36 +1,39 @@
-"""GET of whole objects straight through urllib3, signed by botocore's own SigV4 signer.
+"""GET of whole objects over a lean HTTP/1.1 client, signed by a SigV4 signer of their own
+(`cowfs.objectstore.sigv4`, checked against botocore's).
 
 A 1 MiB GetObject through boto3 costs about 3 ms of CPU on this kind of machine (events,
-user-agent assembly, response parsing, date parsing) against under 1 ms for the same request
-signed by botocore and sent with urllib3 (docs/benchmarks.md, *Cold reads from S3*). Chunks are
-read by the thousand on a cold mount or a DataLoader epoch, on the same cores that verify them,
-so the mount's cold read rate follows this cost.
+user-agent assembly, response parsing, date parsing), through urllib3 about 1.5 ms, and
+through `cowfs.objectstore.http1` about 0.5 ms (docs/benchmarks.md, *Cold S3 reads, third
+pass*). Chunks are read by the thousand on a cold mount or a DataLoader epoch, on the same
+cores that verify them, so the mount's cold read rate follows this cost.
 
 Only the common case is handled here: 200 (the body, its ETag) and 404 NoSuchKey (absent).
-A body broken off mid-stream is asked for again within the configured attempts (urllib3's
-retry covers the whole response, read in full). A server that does not answer within the
-timeouts and attempts is reported as such (so a stalled store fails a read as fast as through
-boto3). Any other answer (another status,
-a server error, a short body) is left to the caller, which asks boto3 again: its error
-messages stay the one account of what the server said.
+A body broken off mid-stream, a refused or timed-out connection, is asked for again within
+the configured attempts. A server that does not answer within the timeouts and attempts is
+reported as such (so a stalled store fails a read as fast as through boto3). Any other answer
+(another status, a server error, a body this client does not read, a body still broken after
+the attempts) is left to the caller, which asks boto3 again: its error messages stay the one
+account of what the server said.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
-import urllib3
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
+from cowfs.objectstore.http1 import BodyBroken, Pool, Unsupported
+from cowfs.objectstore.sigv4 import GetSigner
 
 _CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 
 
 class Got(NamedTuple):
+    #: The body after its first `split` bytes (`head`), as asked of `FastGet.get`.
     data: bytes
     etag: str
+    head: bytes = b""
 
 
 class Absent(NamedTuple):
@@ -58,8 +61,7 @@ class FastGet:
         attempts: int,
         pool_size: int,
     ) -> None:
-        self._credentials = credentials
-        self._region = region
+        self._signer = GetSigner(credentials, region)
         probe = client.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": "cowfs-probe"}, ExpiresIn=60
         )
@@ -68,43 +70,53 @@ class FastGet:
         if not path.endswith("/cowfs-probe"):
             raise ValueError(f"unexpected object URL shape {probe!r}")
         self.base = f"{parts.scheme}://{parts.netloc}{path[: -len('cowfs-probe')]}"
-        self._pool = urllib3.PoolManager(
-            maxsize=pool_size,
-            block=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            retries=urllib3.Retry(
-                total=max(0, attempts - 1), connect=None, read=None, status=0, redirect=0
-            ),
-        )
+        self._attempts = max(1, attempts)
+        self._timeouts = (connect_timeout, read_timeout)
+        self._pool_size = pool_size
+        self._pool: Pool | None = None
+        self._pool_base = self._base_path = ""
+        self._lock = threading.Lock()
 
-    def _headers(self, url: str) -> dict[str, str]:
-        req = AWSRequest(method="GET", url=url)
-        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(req)
-        return dict(req.headers.items())
+    def _pool_for(self, base: str) -> tuple[Pool, str]:
+        """The connection pool of `base`'s server (made again when `base` is changed) and the
+        path part of `base`."""
+        with self._lock:
+            if self._pool is None or self._pool_base != base:
+                old, self._pool = self._pool, Pool(base, *self._timeouts, self._pool_size)
+                self._pool_base, self._base_path = base, urlsplit(base).path
+                if old is not None:
+                    old.close()
+            return self._pool, self._base_path
 
-    def get(self, full_key: str) -> Got | Absent | Unreachable | None:
-        """The object, Absent, Unreachable, or None when this path cannot tell (the caller then
-        asks boto3)."""
-        url = self.base + quote(full_key, safe="/~")
-        try:
-            resp = self._pool.request(
-                "GET", url, headers=self._headers(url), preload_content=True, decode_content=False
-            )
-        except (urllib3.exceptions.MaxRetryError, urllib3.exceptions.TimeoutError, OSError) as e:
-            cause = getattr(e, "reason", None) or e
-            return Unreachable(type(cause).__name__)
-        except urllib3.exceptions.HTTPError:
-            return None  # e.g. a body broken off mid-stream: boto3's path retries the read
-        if resp.status == 200:
-            length = resp.headers.get("Content-Length")
-            if length is not None and int(length) != len(resp.data):
+    def get(self, full_key: str, split: int = 0) -> Got | Absent | Unreachable | None:
+        """The object (its first `split` bytes apart), Absent, Unreachable, or None when this
+        path cannot tell (the caller then asks boto3)."""
+        base = self.base
+        pool, base_path = self._pool_for(base)
+        path = base_path + quote(full_key, safe="/~")
+        headers = self._signer.headers(pool.host, path)
+        failure: Unreachable | None = None
+        for _ in range(self._attempts):
+            try:
+                resp = pool.get(path, headers, split)
+            except Unsupported:
                 return None
-            return Got(resp.data, resp.headers.get("ETag", ""))
-        if resp.status == 404:
-            m = _CODE.search(resp.data or b"")
-            if m is not None and m.group(1) == b"NoSuchKey":
-                return Absent()
-        return None
+            except BodyBroken:
+                failure = None
+                continue
+            except OSError as e:
+                failure = Unreachable(type(e).__name__)
+                continue
+            if resp.status == 200:
+                return Got(resp.body, resp.headers.get("etag", ""), resp.head)
+            if resp.status == 404:
+                m = _CODE.search(resp.head + resp.body)
+                if m is not None and m.group(1) == b"NoSuchKey":
+                    return Absent()
+            return None
+        return failure
 
     def close(self) -> None:
-        self._pool.clear()
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()

@@ -7,7 +7,6 @@ gateway never logs a secret or a signature; a mismatch says which key and which 
 from __future__ import annotations
 
 import calendar
-import hashlib
 import hmac
 import re
 import time
@@ -15,13 +14,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from cowfs.awssig import (
+    ALGORITHM,
+    EMPTY_SHA256,
+    Credential,
+    sign,
+    signing_key,
+    string_to_sign,
+)
 from cowfs.s3gateway.errors import S3Error
 
-ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED = "UNSIGNED-PAYLOAD"
 STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_PREFIX = "STREAMING-"
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: S3 refuses requests whose clock is further than this from its own.
 MAX_SKEW_S = 15 * 60
 #: Longest a presigned URL may live (S3's limit, seven days).
@@ -43,18 +48,6 @@ class SignedRequest:
     query: tuple[tuple[str, str], ...]
     #: Lower-case header names; repeated headers joined with ",".
     headers: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class Credential:
-    access_key: str
-    date: str
-    region: str
-    service: str
-
-    @property
-    def scope(self) -> str:
-        return f"{self.date}/{self.region}/{self.service}/aws4_request"
 
 
 @dataclass(frozen=True)
@@ -111,22 +104,6 @@ def canonical_request(req: SignedRequest, signed: list[str], payload_hash: str) 
             payload_hash,
         ]
     )
-
-
-def signing_key(secret: str, cred: Credential) -> bytes:
-    k = _hmac(("AWS4" + secret).encode(), cred.date)
-    for part in (cred.region, cred.service, "aws4_request"):
-        k = _hmac(k, part)
-    return k
-
-
-def string_to_sign(amz_date: str, cred: Credential, canonical: str) -> str:
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    return f"{ALGORITHM}\n{amz_date}\n{cred.scope}\n{digest}"
-
-
-def sign(key: bytes, text: str) -> str:
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
 def chunk_signature(v: Verified, previous: str, chunk_sha256: str) -> str:
@@ -248,7 +225,3 @@ def _check_date(amz_date: str, cred: Credential, now: float, presigned: bool) ->
             "RequestTimeTooSkewed", "the request's time is more than 15 minutes from the server's"
         )
     return signed_at
-
-
-def _hmac(key: bytes, text: str) -> bytes:
-    return hmac.new(key, text.encode(), hashlib.sha256).digest()

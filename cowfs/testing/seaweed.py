@@ -327,3 +327,8 @@ class SeaweedServer:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server process (for benchmarks that measure its CPU)."""
+        return self._proc.pid if self._proc is not None else None

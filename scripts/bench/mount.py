@@ -11,7 +11,10 @@ One SeaweedFS (`weed mini`) serves a bucket holding the same data twice: as plai
   2. `tar cf - | wc -c` of many 16 KiB files: cold, then again;
   3. `find -ls` (a stat of every file) over them on a fresh mount.
 Each against the local disk, the physical limit. Needs root (drop_caches, mounts). Prints a
-table and the ratio of every peer to cowfs.
+table and the ratio of every peer to cowfs, the CPU that each mount process and the SeaweedFS
+server spent per MiB of the cold read (a figure that other load on the machine disturbs less
+than seconds do), and the load average. `--read-ahead-kb N` sets every FUSE mount's
+`read_ahead_kb` (the kernel then sends READs of up to N KiB; default 128, READs of 256 KiB).
 """
 
 from __future__ import annotations
@@ -259,6 +262,18 @@ class S3fs(Target):
         wait_mounted(self.mnt, self.proc, "s3fs")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def set_read_ahead(mnt: Path, kb: int) -> None:
+    dev = os.stat(mnt).st_dev
+    Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").write_text(f"{kb}\n")
+
+
 def _clean_env() -> dict[str, str]:
     """Without the host's AWS_* and CA bundle settings, which would steer peers away."""
     return {
@@ -266,7 +281,13 @@ def _clean_env() -> dict[str, str]:
     }
 
 
-def measure(t: Target, results: dict[str, dict[str, float]], log: Callable[[str], None]) -> None:
+def measure(
+    t: Target,
+    results: dict[str, dict[str, float]],
+    log: Callable[[str], None],
+    server_pid: int | None = None,
+    read_ahead_kb: int | None = None,
+) -> None:
     r = results.setdefault(t.name, {})
 
     def step(key: str, fn: Callable[[], float]) -> None:
@@ -276,10 +297,23 @@ def measure(t: Target, results: dict[str, dict[str, float]], log: Callable[[str]
         except Exception as e:  # a peer that fails is reported, not fatal
             log(f"{t.name:7s} {key:18s} failed: {e}")
 
+    def mount(fresh_cache: bool = True) -> None:
+        t.mount(fresh_cache)
+        if read_ahead_kb is not None and not isinstance(t, Local):
+            set_read_ahead(t.mnt, read_ahead_kb)
+
     def big_cold() -> float:
         drop_caches()
-        t.mount()
-        return timed(f"cat '{t.big()}' > /dev/null")
+        mount()
+        pids = {"client": t.proc.pid if t.proc else None, "server": server_pid}
+        if isinstance(t, Local):
+            pids = {}
+        before = {k: cpu_seconds(p) for k, p in pids.items() if p is not None}
+        took = timed(f"cat '{t.big()}' > /dev/null")
+        mib = os.path.getsize(t.big()) / (1 << 20)
+        for k, c in before.items():
+            r[f"cold cpu {k}"] = (cpu_seconds(pids[k] or 0) - c) * 1000 / mib
+        return took
 
     step("read cold", big_cold)
     if isinstance(t, Cowfs):
@@ -287,7 +321,7 @@ def measure(t: Target, results: dict[str, dict[str, float]], log: Callable[[str]
 
         def big_warm() -> float:
             drop_caches()
-            t.mount(fresh_cache=False)
+            mount(fresh_cache=False)
             return timed(f"cat '{t.big()}' > /dev/null")
 
         step("read warm", big_warm)
@@ -296,7 +330,7 @@ def measure(t: Target, results: dict[str, dict[str, float]], log: Callable[[str]
 
     def tar_cold() -> float:
         drop_caches()
-        t.mount()
+        mount()
         return timed(f"tar cf - -C '{t.small()}' . 2>/dev/null | wc -c")
 
     step("tar cold", tar_cold)
@@ -305,7 +339,7 @@ def measure(t: Target, results: dict[str, dict[str, float]], log: Callable[[str]
 
     def find_stat() -> float:
         drop_caches()
-        t.mount(fresh_cache=False)
+        mount(fresh_cache=False)
         return timed(f"find '{t.small()}' -ls > /dev/null")
 
     step("find+stat", find_stat)
@@ -346,6 +380,11 @@ def report(results: dict[str, dict[str, float]], big_mib: int) -> None:
     for k in ("read cold", "read warm", "read hot"):
         if k in cow:
             print(f"cowfs {k}: {big_mib / 1024 * 1.073741824 / cow[k]:.2f} GB/s")
+    print("cold read, CPU ms per MiB: mount process / SeaweedFS server")
+    for n in names:
+        if "cold cpu client" in results[n]:
+            srv = results[n].get("cold cpu server")
+            print(f"  {n:8s} {results[n]['cold cpu client']:6.2f} / {srv or 0:6.2f}")
 
 
 def main() -> None:
@@ -368,7 +407,7 @@ def main() -> None:
     ap.add_argument("--walk-files", type=int, default=200_000, help="local: files walked")
     ap.add_argument("--seconds", type=int, default=6, help="local: seconds per fio job")
     ap.add_argument("--fuse-option", action="append", default=[], help="local: e.g. max_read=N")
-    ap.add_argument("--read-ahead-kb", type=int, default=None, help="local: the mount's bdi")
+    ap.add_argument("--read-ahead-kb", type=int, default=None, help="the FUSE mounts' bdi")
     ap.add_argument("--only-reads", action="store_true", help="local: skip tar x and the walk")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -410,6 +449,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         return
 
+    log(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     data = work / "data"
     log(f"making {args.big_mib} MiB + {args.files} x 16 KiB in {data}")
     make_data(data, args.big_mib, args.files)
@@ -457,7 +497,7 @@ def main() -> None:
             for t in targets:
                 log(f"measuring {t.name}")
                 try:
-                    measure(t, results, log)
+                    measure(t, results, log, server.pid, args.read_ahead_kb)
                 finally:
                     t.umount()
         finally:
@@ -465,6 +505,7 @@ def main() -> None:
                 with contextlib.suppress(Exception):
                     t.umount()
     report(results, args.big_mib)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 
