@@ -81,11 +81,17 @@ def _pays_to_compress(plain: bytes | memoryview) -> bool:
 
 def encode(kind: Kind, plain: bytes | memoryview) -> bytes:
     """Frame plain bytes for storage, compressing only where it pays."""
+    return b"".join(encode_parts(kind, plain))
+
+
+def encode_parts(kind: Kind, plain: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
+    """`encode` as its header and its payload, for a store that writes them without joining
+    them (a raw chunk's payload is then `plain` itself, not a copy)."""
     if _pays_to_compress(plain):
         packed = _compressor().compress(plain)
         if len(packed) < _WORTH_IT * len(plain):
-            return _HEADER.pack(MAGIC, VERSION, kind, Codec.ZSTD, len(plain)) + packed
-    return b"".join((_HEADER.pack(MAGIC, VERSION, kind, Codec.RAW, len(plain)), plain))
+            return _HEADER.pack(MAGIC, VERSION, kind, Codec.ZSTD, len(plain)), packed
+    return _HEADER.pack(MAGIC, VERSION, kind, Codec.RAW, len(plain)), plain
 
 
 def decode(oid: str, framed: bytes, kind: Kind | None = None) -> bytes:

@@ -18,7 +18,15 @@ from cowfs import layout
 from cowfs.entries import ChunkRef, Entry, approx_bytes
 from cowfs.errors import CorruptObject, ObjectMissing
 from cowfs.index import Index
-from cowfs.objects import HEADER_SIZE, Kind, decode, decode_parts, encode, object_id, object_key
+from cowfs.objects import (
+    HEADER_SIZE,
+    Kind,
+    decode,
+    decode_parts,
+    encode_parts,
+    object_id,
+    object_key,
+)
 from cowfs.objectstore import ObjectStore
 from cowfs.tree import Node, decode_node, encode_node
 
@@ -90,12 +98,12 @@ class Store:
             self.index.mark_present([key])
             self.put_stats.add(kind, False, len(plain), 0)
             return False
-        framed = encode(kind, plain)
-        self.objects.put(key, framed)
+        parts = encode_parts(kind, plain)
+        self.objects.put_parts(key, parts)
         self.index.mark_present([key])
         if doubted:
             self.index.clear_doubt(key)
-        self.put_stats.add(kind, True, len(plain), len(framed))
+        self.put_stats.add(kind, True, len(plain), sum(len(p) for p in parts))
         return True
 
     def _sound(self, kind: Kind, oid: str, key: str) -> bool:

@@ -571,3 +571,35 @@ def test_fast_get_reads_again_a_body_broken_off(s3_url: str) -> None:
         got = fast.get("k")
         server.join(timeout=10)
     assert isinstance(got, Got) and got.data == b"v" * 1000 and got.etag == '"e"'
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    parts=st.lists(st.binary(max_size=3000), max_size=6),
+    most=st.one_of(st.none(), st.integers(min_value=1, max_value=700)),
+)
+def test_parts_are_written_in_order_whatever_each_writev_takes(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[bytes], most: int | None
+) -> None:
+    """A local put of parts (header and payload, unjoined) stores exactly their concatenation,
+    and so does the writing loop when the kernel takes only some bytes per `writev` (`most`:
+    a short write, made by handing the real `writev` only a prefix of the buffers)."""
+    from cowfs.objectstore.local import _write_all
+
+    root = tmp_path_factory.mktemp("parts")
+    store = LocalStore(str(root / "s"), create=True)
+    store.put_parts("chunks/ab/x", parts)
+    assert store.get("chunks/ab/x") == b"".join(parts)
+
+    def short(fd: int, bufs: list[memoryview]) -> int:
+        out, room = [], most or 1 << 30
+        for b in bufs:
+            if room <= 0:
+                break
+            out.append(b[:room])
+            room -= len(out[-1])
+        return os.writev(fd, out)
+
+    with open(root / "short", "wb") as f:
+        _write_all(f.fileno(), [parts[0], memoryview(b"".join(parts[1:]))] if parts else [], short)
+    assert (root / "short").read_bytes() == b"".join(parts)

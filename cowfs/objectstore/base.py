@@ -9,7 +9,7 @@ the only mutation the format needs: moving a branch head by compare-and-swap.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -42,6 +42,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Write an object whole. Readers see either nothing or all of it, never a part."""
+
+    def put_parts(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
+        """`put` of the parts' bytes one after the other: a store that can write them as they
+        are (a local file, with `writev`) spares the copy this default's join makes."""
+        self.put(key, b"".join(parts))
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...

@@ -17,7 +17,7 @@ import ctypes.util
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import xxhash
@@ -79,12 +79,16 @@ class LocalStore(ObjectStore):
             raise ObjectMissing(f"object {key} is missing from {self.url}") from None
 
     def put(self, key: str, data: bytes) -> None:
-        self._write(key, data, durable=False)
+        self._write(key, (data,), durable=False)
         self._dirty = True
 
-    def _write(self, key: str, data: bytes, durable: bool) -> None:
+    def put_parts(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
+        self._write(key, parts, durable=False)
+        self._dirty = True
+
+    def _write(self, key: str, parts: Sequence[bytes | memoryview], durable: bool) -> None:
         path = self._path(key)
-        tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{id(data):x}"
+        tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{id(parts):x}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         try:
             fd = os.open(tmp, flags, self._file_mode)
@@ -92,10 +96,7 @@ class LocalStore(ObjectStore):
             self._make_dirs(path.parent)
             fd = os.open(tmp, flags, self._file_mode)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            _write_all(fd, parts)
         except OSError as e:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -165,7 +166,7 @@ class LocalStore(ObjectStore):
                 return False
             if self._dirty:
                 self.sync()
-            self._write(key, data, durable=True)
+            self._write(key, (data,), durable=True)
             self._fsync_dir(self._path(key).parent)
             return True
 
@@ -186,3 +187,20 @@ class LocalStore(ObjectStore):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _write_all(
+    fd: int,
+    parts: Sequence[bytes | memoryview],
+    writev: Callable[[int, list[memoryview]], int] = os.writev,
+) -> None:
+    """Write every part in order with `writev`, going on after a short write."""
+    views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
+    while views:
+        n = writev(fd, views)
+        while n:
+            if n >= views[0].nbytes:
+                n -= views.pop(0).nbytes
+            else:
+                views[0] = views[0][n:]
+                n = 0
