@@ -13,7 +13,6 @@ fsynced, renamed into place, and its directory fsynced.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -29,7 +28,13 @@ from cowfs.objectstore.base import ObjectStore, Versioned
 _TMP_PREFIX = ".tmp-"
 _LOCK_DIR = ".locks"
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+#: The C library this process already has loaded (`find_library` would run `ldconfig` in a
+#: subprocess at every start of the command line).
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYNC_FILE_RANGE_WRITE = 2
+_start_writeback = getattr(_libc, "sync_file_range", None)  # Linux only
+if _start_writeback is not None:
+    _start_writeback.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
 
 def _token(data: bytes) -> str:
@@ -105,6 +110,11 @@ class LocalStore(ObjectStore):
             raise StoreUnavailable(f"cannot write {key} to {self.root}: {e.strerror}") from e
         if durable:
             os.fsync(fd)
+        elif _start_writeback is not None:
+            # Start writing the object to disk now, without waiting: by the `syncfs` before
+            # the commit's ref moves, most of a large put is on disk already instead of all
+            # of it being written then (1.45 s of a 4.5 s put of 1 GiB here).
+            _start_writeback(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
         os.close(fd)
         os.replace(tmp, path)
 
