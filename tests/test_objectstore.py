@@ -528,7 +528,7 @@ def test_fast_get_on_a_silent_endpoint_fails_in_its_timeout(s3_url: str) -> None
         srv.bind(("127.0.0.1", 0))
         srv.listen(16)
         assert store._fast is not None  # noqa: SLF001
-        store._fast.base = f"http://127.0.0.1:{srv.getsockname()[1]}/bucket/"  # noqa: SLF001
+        store._fast.point_at(f"http://127.0.0.1:{srv.getsockname()[1]}/bucket/")  # noqa: SLF001
         began = time.monotonic()
         with pytest.raises(StoreUnavailable, match="cannot reach S3 endpoint"):
             store.get("k")
@@ -567,7 +567,7 @@ def test_fast_get_reads_again_a_body_broken_off(s3_url: str) -> None:
         server.start()
         fast = store._fast  # noqa: SLF001
         assert fast is not None
-        fast.base = f"http://127.0.0.1:{srv.getsockname()[1]}/bucket/"
+        fast.point_at(f"http://127.0.0.1:{srv.getsockname()[1]}/bucket/")
         got = fast.get("k")
         server.join(timeout=10)
     assert isinstance(got, Got) and got.data == b"v" * 1000 and got.etag == '"e"'

@@ -19,7 +19,6 @@ account of what the server said.
 from __future__ import annotations
 
 import re
-import threading
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
@@ -69,30 +68,26 @@ class FastGet:
         path = parts.path
         if not path.endswith("/cowfs-probe"):
             raise ValueError(f"unexpected object URL shape {probe!r}")
-        self.base = f"{parts.scheme}://{parts.netloc}{path[: -len('cowfs-probe')]}"
         self._attempts = max(1, attempts)
         self._timeouts = (connect_timeout, read_timeout)
         self._pool_size = pool_size
         self._pool: Pool | None = None
-        self._pool_base = self._base_path = ""
-        self._lock = threading.Lock()
+        self.point_at(f"{parts.scheme}://{parts.netloc}{path[: -len('cowfs-probe')]}")
 
-    def _pool_for(self, base: str) -> tuple[Pool, str]:
-        """The connection pool of `base`'s server (made again when `base` is changed) and the
-        path part of `base`."""
-        with self._lock:
-            if self._pool is None or self._pool_base != base:
-                old, self._pool = self._pool, Pool(base, *self._timeouts, self._pool_size)
-                self._pool_base, self._base_path = base, urlsplit(base).path
-                if old is not None:
-                    old.close()
-            return self._pool, self._base_path
+    def point_at(self, base: str) -> None:
+        """Send GETs to `base` (the URL an object's key is appended to), on connections of
+        their own; the tests point it at servers that misbehave."""
+        old = self._pool
+        self._pool = Pool(base, *self._timeouts, self._pool_size)
+        self._base_path = urlsplit(base).path
+        if old is not None:
+            old.close()
 
     def get(self, full_key: str, split: int = 0) -> Got | Absent | Unreachable | None:
         """The object (its first `split` bytes apart), Absent, Unreachable, or None when this
         path cannot tell (the caller then asks boto3)."""
-        base = self.base
-        pool, base_path = self._pool_for(base)
+        pool, base_path = self._pool, self._base_path
+        assert pool is not None
         path = base_path + quote(full_key, safe="/~")
         headers = self._signer.headers(pool.host, path)
         failure: Unreachable | None = None
@@ -117,6 +112,5 @@ class FastGet:
         return failure
 
     def close(self) -> None:
-        with self._lock:
-            if self._pool is not None:
-                self._pool.close()
+        if self._pool is not None:
+            self._pool.close()
