@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from cowfs.cli.common import Context, emit_json, human_bytes, json_option, pass_ctx, when
+from cowfs import revert as revert_mod
+from cowfs.cli.common import Context, emit_json, human_bytes, json_option, named, pass_ctx, when
 from cowfs.config import default_store_url
 from cowfs.errors import CowfsError, UsageError
 from cowfs.lake import Lake
@@ -132,6 +133,24 @@ def branch_delete(ctx: Context, target: str) -> None:
     ref = parse_branch_ref(target, allow_path=False, what="delete branch")
     ctx.lake().delete_branch(ref.repo, ref.rev)
     click.echo(f"deleted branch {ref.repo}@{ref.rev}")
+
+
+@branch.command("reset")
+@click.argument("target", metavar="REPO@BRANCH")
+@click.argument("commit_id", metavar="COMMIT")
+@json_option
+@pass_ctx
+def branch_reset(ctx: Context, target: str, commit_id: str, as_json: bool) -> None:
+    """Move a branch to another commit (the commits it leaves stay until gc drops them)."""
+    lake = ctx.lake()
+    repo, br = named(target, "branch")
+    ref = parse_ref(commit_id if "@" in commit_id else f"{repo}@{commit_id}", allow_path=False)
+    to = lake.resolve(ref)
+    old = revert_mod.reset(lake, repo, br, to)
+    if as_json:
+        emit_json({"branch": f"{repo}@{br}", "from": old.id if old else None, "to": to.id})
+    else:
+        click.echo(f"{repo}@{br} moved from {old.id if old else '-'} to {to.id}")
 
 
 @click.command()

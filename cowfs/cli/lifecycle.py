@@ -1,4 +1,5 @@
-"""Commands for the lake's life over time: tag, merge, revert, branch reset, gc, check."""
+"""Commands for the lake's life over time: tag, merge, revert, gc, check (`branch reset` is
+with the other branch commands, in `cowfs.cli.admin`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from cowfs import gc as gc_mod
 from cowfs import merge3
 from cowfs import revert as revert_mod
 from cowfs import tags as tags_mod
-from cowfs.cli.admin import branch
-from cowfs.cli.common import Context, emit_json, human_bytes, json_option, pass_ctx, when
+from cowfs.cli.common import Context, emit_json, human_bytes, json_option, named, pass_ctx, when
 from cowfs.entries import Entry
 from cowfs.errors import UsageError
 from cowfs.refs import parse_ref
@@ -37,15 +37,6 @@ def parse_fraction(text: str) -> float:
     return float(m.group(1)) / 100
 
 
-def _named(target: str, what: str) -> tuple[str, str]:
-    if "@" not in target:
-        raise UsageError(f"name the {what} as repo@name, not {target!r}")
-    ref = parse_ref(target, allow_path=False)
-    if ref.back:
-        raise UsageError(f"{target!r}: a {what} name cannot use ^ or ~")
-    return ref.repo, ref.rev
-
-
 # --- tags -------------------------------------------------------------------------------------
 
 
@@ -62,7 +53,7 @@ def tag() -> None:
 @pass_ctx
 def tag_create(ctx: Context, target: str, start: str, message: str, as_json: bool) -> None:
     lake = ctx.lake()
-    repo, name = _named(target, "tag")
+    repo, name = named(target, "tag")
     src = parse_ref(start, allow_path=False)
     if src.repo != repo:
         raise UsageError("a tag must name a commit of its own repo")
@@ -93,7 +84,7 @@ def tag_list(ctx: Context, repo_name: str, as_json: bool) -> None:
 @click.argument("target", metavar="REPO@TAG")
 @pass_ctx
 def tag_delete(ctx: Context, target: str) -> None:
-    repo, name = _named(target, "tag")
+    repo, name = named(target, "tag")
     t = tags_mod.delete_tag(ctx.lake(), repo, name)
     click.echo(f"deleted tag {repo}@{name} (was {t.commit})")
 
@@ -165,7 +156,7 @@ def merge(
     """Three-way merge of SOURCE into branch DEST: a commit with both as parents."""
     lake = ctx.lake()
     src = parse_ref(source, allow_path=False)
-    dst_repo, dst_branch = _named(dest, "destination branch")
+    dst_repo, dst_branch = named(dest, "destination branch")
     if src.repo != dst_repo:
         raise UsageError("merge works within one repo: source and destination differ")
     src_commit = lake.resolve(src)
@@ -224,7 +215,7 @@ def revert(
 ) -> None:
     """A new commit on BRANCH that undoes what COMMIT changed."""
     lake = ctx.lake()
-    repo, br = _named(target, "branch")
+    repo, br = named(target, "branch")
     ref = parse_ref(commit_id if "@" in commit_id else f"{repo}@{commit_id}", allow_path=False)
     undo = lake.resolve(ref)
     info = {"reverts": undo.id, "branch": f"{repo}@{br}", "dry_run": dry_run}
@@ -238,24 +229,6 @@ def revert(
     if not as_json:
         verb = "would revert" if dry_run else "reverted"
         click.echo(f"{verb} {undo.id} on {repo}@{br}: {len(plan.edits)} changes")
-
-
-@branch.command("reset")
-@click.argument("target", metavar="REPO@BRANCH")
-@click.argument("commit_id", metavar="COMMIT")
-@json_option
-@pass_ctx
-def branch_reset(ctx: Context, target: str, commit_id: str, as_json: bool) -> None:
-    """Move a branch to another commit (the commits it leaves stay until gc drops them)."""
-    lake = ctx.lake()
-    repo, br = _named(target, "branch")
-    ref = parse_ref(commit_id if "@" in commit_id else f"{repo}@{commit_id}", allow_path=False)
-    to = lake.resolve(ref)
-    old = revert_mod.reset(lake, repo, br, to)
-    if as_json:
-        emit_json({"branch": f"{repo}@{br}", "from": old.id if old else None, "to": to.id})
-    else:
-        click.echo(f"{repo}@{br} moved from {old.id if old else '-'} to {to.id}")
 
 
 # --- gc and check -----------------------------------------------------------------------------

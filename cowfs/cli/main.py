@@ -12,7 +12,8 @@ from cowfs.errors import CowfsError
 
 #: Which module of `cowfs.cli` defines each command: a command imports only its own module, so
 #: `cowfs repo list` does not pay for the pipeline, gateway and mount code at start-up.
-#: tests/test_store_cli.py checks this table against every module's `COMMANDS`.
+#: tests/test_store_cli.py checks this table against every module's `COMMANDS`; a group's
+#: subcommands live in the group's own module.
 COMMAND_MODULES: dict[str, str] = {
     **dict.fromkeys(("init", "repo", "branch", "stats"), "admin"),
     **dict.fromkeys(("put", "get", "cat", "ls", "rm"), "data"),
@@ -23,8 +24,6 @@ COMMAND_MODULES: dict[str, str] = {
     **dict.fromkeys(("mount", "umount", "write", "commit", "warmup"), "mount"),
     "s3": "s3",  # the S3 gateway (docs/s3.md)
 }
-#: Groups that other modules add subcommands to: those are imported with the group.
-GROUP_EXTENSIONS: dict[str, tuple[str, ...]] = {"branch": ("lifecycle",)}  # branch reset
 
 
 def module_commands(module: str) -> dict[str, click.Command]:
@@ -46,11 +45,7 @@ class _Group(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = COMMAND_MODULES.get(cmd_name)
-        if module is None:
-            return None
-        for extension in GROUP_EXTENSIONS.get(cmd_name, ()):
-            importlib.import_module(f"cowfs.cli.{extension}")
-        return module_commands(module).get(cmd_name)
+        return None if module is None else module_commands(module).get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
