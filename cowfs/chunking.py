@@ -185,14 +185,13 @@ class Chunker:
         gave_way = False
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="cowfs-digest") as digest:
-                leased.prefetch(0, 2 * window)
                 while pos < leased.size:
                     if leased.writer_waits():
                         gave_way = True
                         break
                     stop = min(leased.size, pos + MAX_CHUNK + window)
                     view = leased.view(pos, stop)
-                    leased.prefetch(stop + window, window)
+                    leased.prefetch_to(stop + 2 * window)
                     end = 0
                     for off, n in final_cuts(self.cdc, view, stop == leased.size):
                         end = off + n

@@ -49,6 +49,7 @@ class LeasedFile:
         self._lock = threading.Lock()
         self._left = 0
         self._released = False
+        self._ahead = 0  # what was asked of the page cache so far
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> LeasedFile | None:
@@ -71,10 +72,13 @@ class LeasedFile:
         m = mmap.mmap(self.fd, stop - base, access=mmap.ACCESS_READ, offset=base)
         return memoryview(m)[start - base :]
 
-    def prefetch(self, start: int, length: int) -> None:
-        """Start reading [start, start+length) into the page cache, without waiting."""
-        if start < self.size:
-            os.posix_fadvise(self.fd, start, min(length, self.size - start), os.POSIX_FADV_WILLNEED)
+    def prefetch_to(self, end: int) -> None:
+        """Start reading the file up to `end` into the page cache, without waiting (so the
+        cutter's page faults find the pages there instead of waiting for the disk)."""
+        end = min(end, self.size)
+        if end > self._ahead:
+            os.posix_fadvise(self.fd, self._ahead, end - self._ahead, os.POSIX_FADV_WILLNEED)
+            self._ahead = end
 
     def writer_waits(self) -> bool:
         """Whether someone is held back opening the file for writing or truncating it."""
