@@ -11,8 +11,10 @@ which Python cannot catch. So a file is mapped only while this process holds a r
 of the file until the lease is given up, marking it *breaking* meanwhile. The reader asks
 between windows (`F_GETLEASE`, one system call) and, when a writer waits, stops, lets what it
 handed out finish, gives the lease up and the caller reads the file the ordinary way. Where no
-lease can be had (the file is open for writing somewhere; a file system without leases, such as
-NFS or FUSE; another user's file without `CAP_LEASE`) the caller reads it the ordinary way too.
+lease can be had (the file is open for writing somewhere; another user's file without
+`CAP_LEASE`) the caller reads it the ordinary way too. So it does on any file system not known to
+be local (`LOCAL_FS`): a lease there is only local, and a network file system (NFS, SMB, one
+served through FUSE) can shrink a file from another machine without asking this one.
 
 A lease break normally signals the holder with SIGIO, whose default action ends the process.
 The descriptor's signal is set to SIGURG (ignored by default) before the lease is taken, and
@@ -25,6 +27,7 @@ holder dies by SIGBUS when it resumes (nothing is committed; the put is simply g
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import os
@@ -37,6 +40,24 @@ from concurrent.futures import Future
 SUPPORTED = all(hasattr(fcntl, n) for n in ("F_SETLEASE", "F_GETLEASE", "F_SETOWN"))
 _F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
 _PAGE = mmap.ALLOCATIONGRANULARITY
+#: `statfs` magic numbers of file systems whose files change only through this kernel: ext2-4,
+#: XFS, Btrfs, tmpfs, F2FS, ZFS, bcachefs and overlayfs (its writes copy a file up, leaving the
+#: mapped lower one as it was).
+LOCAL_FS = frozenset(
+    (0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0xF2F52010, 0x2FC12FC1, 0xCA451A4E, 0x794C7630)
+)
+_libc = ctypes.CDLL(None, use_errno=True)
+_fstatfs = getattr(_libc, "fstatfs", None)
+
+
+def fs_type(fd: int) -> int | None:
+    """The `statfs` magic of the file system holding `fd` (None where it cannot be asked)."""
+    if _fstatfs is None:
+        return None
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes; f_type comes first
+    if _fstatfs(fd, buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
 class LeasedFile:
@@ -57,7 +78,7 @@ class LeasedFile:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
-            if size == 0 or not _take_lease(fd):
+            if size == 0 or fs_type(fd) not in LOCAL_FS or not _take_lease(fd):
                 os.close(fd)
                 return None
         except BaseException:

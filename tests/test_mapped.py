@@ -132,3 +132,16 @@ def test_the_lease_is_given_up_once_the_chunks_are_stored(store: Store, tmp_path
     assert not _lease_state(path)
     with open(path, "r+b") as f:  # a writer is not held back
         f.write(b"y")
+
+
+def test_only_files_of_local_file_systems_are_mapped(tmp_path: Path) -> None:
+    """A lease is only local: a file system that another machine can change is never mapped
+    (sysfs stands in here for one that is not known to be local)."""
+    path = tmp_path / "local.bin"
+    path.write_bytes(b"z" * 5000)
+    local = LeasedFile.open(path)
+    assert local is not None
+    local.release_after([])
+    sysfs = Path("/sys/devices/system/cpu/online")
+    assert sysfs.stat().st_size > 0
+    assert LeasedFile.open(sysfs) is None
