@@ -176,8 +176,8 @@ class Chunker:
 
     def _cut_mapped(self, leased: LeasedFile, window: int = BLOCK) -> Pending | None:
         """Cut a leased file window by window, its chunks slices of the map; None if a writer
-        came to wait for the file meanwhile (the lease is then given up once nothing reads
-        the map, and the file is to be read again the ordinary way)."""
+        came to wait for the file meanwhile, or a map failed (the lease is then given up once
+        nothing reads the map, and the file is to be read again the ordinary way)."""
         pending = Pending()
         hasher = blake3.blake3()
         hashing: Future[object] | None = None
@@ -190,7 +190,11 @@ class Chunker:
                         gave_way = True
                         break
                     stop = min(leased.size, pos + MAX_CHUNK + window)
-                    view = leased.view(pos, stop)
+                    try:
+                        view = leased.view(pos, stop)
+                    except OSError:  # no map to be had (address space, memory): read it
+                        gave_way = True
+                        break
                     leased.prefetch_to(stop + 2 * window)
                     end = 0
                     for off, n in final_cuts(self.cdc, view, stop == leased.size):
