@@ -61,8 +61,8 @@ def fs_type(fd: int) -> int | None:
 
 
 class LeasedFile:
-    """One file open read-only under a read lease. Views of it stay readable until `release`
-    is called, which the caller does only once nothing reads them any more."""
+    """One file open read-only under a read lease. The lease (and with it the promise that
+    the views stay readable) lasts until `release_after`'s futures are all done."""
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
