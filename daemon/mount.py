@@ -15,6 +15,7 @@ import pyfuse3
 import trio
 
 from cowfs.lake import Lake
+from daemon import fuseloop
 from daemon.control import serve_control
 from daemon.fs import CowFS
 
@@ -74,6 +75,7 @@ async def serve_mount(
         fuse_options.add("allow_other")
     if options.debug:
         fuse_options.add("debug")
+    fuseloop.install()
     pyfuse3.init(fs, mountpoint, fuse_options)
     try:
         async with trio.open_nursery() as nursery:
