@@ -27,6 +27,7 @@ chunk's plain bytes are appended to the writing process's current pack (`packs/<
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -43,6 +44,11 @@ import lmdb
 #: whole packs can keep the cache under its cap.
 PACK_BYTES = 64 << 20
 MIN_PACK_BYTES = 64 << 10
+#: A pack's blocks are allocated this far ahead of its writes (`fallocate`, size kept): ext4's
+#: delayed allocation per written page was a quarter of the cost of appending (0.16 against
+#: 0.12 s of CPU per 512 MiB); at most this much is left allocated past the end of a pack its
+#: writer never finished.
+PREALLOC_BYTES = 8 << 20
 #: Pack descriptors kept open for reads (one per pack, not per chunk).
 OPEN_PACKS = 256
 #: How often a reader looks whether another process dropped packs it holds open.
@@ -56,6 +62,17 @@ _U64 = struct.Struct("<Q")
 _PACK_BYTES_KEY = b"pack_bytes"
 _NEXT_PACK_KEY = b"next_pack"
 _DROPS_KEY = b"pack_drops"
+_FALLOC_FL_KEEP_SIZE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = getattr(_libc, "fallocate", None)  # Linux only
+if _fallocate is not None:
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def _preallocate(fd: int, offset: int, length: int) -> None:
+    """Best effort: a file system without `fallocate` only loses the speed-up."""
+    if _fallocate is not None:
+        _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length)
 
 
 def _now() -> int:
@@ -112,11 +129,11 @@ class _Fd:
 
 
 class _Writer:
-    __slots__ = ("pack", "key", "file", "end", "pid")
+    __slots__ = ("pack", "key", "file", "end", "allocated", "pid")
 
     def __init__(self, pack: int, fd: int, end: int) -> None:
         self.pack, self.key, self.file = pack, pack_id_key(pack), _Fd(fd)
-        self.end, self.pid = end, os.getpid()
+        self.end, self.allocated, self.pid = end, end, os.getpid()
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -205,6 +222,11 @@ class PackCache:
                 w = self._writer = self._take_pack()
             off = w.end
             w.end += n
+            if w.end > w.allocated:
+                ahead = min(PREALLOC_BYTES, self.pack_bytes - w.allocated)
+                grow = max(ahead, w.end - w.allocated)
+                _preallocate(w.file.fd, w.allocated, grow)
+                w.allocated += grow
             w.file.users += 1
             return w, off
 
