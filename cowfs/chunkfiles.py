@@ -10,8 +10,11 @@ checks those: damage done after the chunk was verified is still found, at the co
 block, not of the whole chunk. A block that fails its check (or a pack the cache dropped)
 drops the location; the caller then fetches the chunk whole again, which verifies it.
 
-Locations live in memory only (about 600 bytes per 1 MiB chunk, `MAX_CHUNKS` of them: 64 GiB of
-chunks in about 40 MB): after a restart the first read of a chunk verifies it whole again. The
+Locations live in memory (about 600 bytes per 1 MiB chunk, `MAX_CHUNKS` of them: 64 GiB of
+chunks in about 40 MB). A chunk in the cache's packs keeps its block sums in its cache entry
+too, so after a restart it is located again from the index, and its first read still costs
+only the blocks it touches; a raw chunk of a local store is verified whole again on its first
+read after a restart. The
 local store's files most recently read stay open (`OpenFiles`), and the cache's packs (one
 descriptor per pack, `PackCache.pread`), with `POSIX_FADV_RANDOM`, so the local file system
 does not read ahead of a block read (the kernel reads ahead of the mount's own files where
@@ -28,14 +31,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import xxhash
-
 from cowfs.objects import HEADER_SIZE, Codec, Kind, object_key
+from cowfs.packcache import BLOCK, block_sums, blocks_match
 from cowfs.store import Store
 
-#: 16 KiB: a 4 KiB read costs a 16 KiB disk read; 64 KiB blocks made the disk the limit of random
-#: 4 KiB reads on this machine (its 128 KiB random reads run at a tenth of its 4 KiB IOPS).
-BLOCK = 16 << 10
+__all__ = ["BLOCK", "ChunkFiles", "Located", "OpenFiles", "block_sums"]
+
 MAX_CHUNKS = 1 << 16
 #: Chunk files kept open (each pins at most one ~1 MiB file the cache may have evicted), at
 #: most a quarter of the process's descriptor limit: 1,024 covers random reads over 1 GiB.
@@ -59,13 +60,6 @@ class Located:
     offset: int
     length: int
     sums: array
-
-
-def block_sums(plain: bytes | memoryview) -> array:
-    mv = memoryview(plain)
-    return array(
-        "Q", (xxhash.xxh3_64_intdigest(mv[i : i + BLOCK]) for i in range(0, len(mv), BLOCK))
-    )
 
 
 class _Open:
@@ -177,7 +171,9 @@ class ChunkFiles:
             if loc is not None:
                 self._locs.move_to_end(oid)
         if loc is None:
-            return None
+            loc = self._from_cache(oid)
+            if loc is None:
+                return None
         end = loc.length if size is None else min(offset + size, loc.length)
         if offset >= end:
             return b""
@@ -191,16 +187,12 @@ class ChunkFiles:
         except FileNotFoundError:
             self._forget(oid)
             return None
-        mv = memoryview(buf)
-        if len(buf) != stop - start or any(
-            xxhash.xxh3_64_intdigest(mv[i - start : i - start + BLOCK]) != loc.sums[i // BLOCK]
-            for i in range(start, stop, BLOCK)
-        ):
+        if len(buf) != stop - start or not blocks_match(buf, start, loc.sums):
             self._damaged(oid, loc)
             return None
         if start == offset and stop == end:
             return buf
-        return bytes(mv[offset - start : end - start])
+        return bytes(memoryview(buf)[offset - start : end - start])
 
     def _place(self, oid: str, plain: bytes) -> None:
         key = object_key(Kind.CHUNK, oid)
@@ -217,10 +209,20 @@ class ChunkFiles:
             else:
                 self.store.index.put_blob(key, plain)
         if loc is None:
-            at = self.store.index.chunk_location(key)
-            if at is None or at.length != len(plain):
-                return  # the cache is off or full: reads go through memory
-            loc = Located(None, at.pack, at.offset, len(plain), block_sums(plain))
+            self._from_cache(oid)  # not there if the cache is off or full: reads go by memory
+            return
+        self._remember(oid, loc)
+
+    def _from_cache(self, oid: str) -> Located | None:
+        """The chunk's place in the cache's packs, with the block sums its entry keeps."""
+        at = self.store.index.chunk_location(object_key(Kind.CHUNK, oid))
+        if at is None:
+            return None
+        loc = Located(None, at.pack, at.offset, at.length, at.sums)
+        self._remember(oid, loc)
+        return loc
+
+    def _remember(self, oid: str, loc: Located) -> None:
         with self._lock:
             self._locs[oid] = loc
             while len(self._locs) > self.max_chunks:

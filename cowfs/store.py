@@ -173,9 +173,10 @@ class Store:
         if cache:
             hit = self.index.get_blob(key)
             if hit is not None:
-                # Verified whole: the index has no sync, so after a crash an entry can point at
-                # bytes that never reached the disk, or at a pack's torn tail.
-                if object_id(hit) == oid:
+                # A chunk comes back checked against the block sums its cache entry took from
+                # its verified bytes (a torn or lost write after a crash is a miss); a tree
+                # node kept in LMDB is checked here.
+                if kind is Kind.CHUNK or object_id(hit) == oid:
                     return hit
                 self.index.forget_blob(key)
         try:

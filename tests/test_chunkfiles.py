@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cowfs import layout
 from cowfs.chunkfiles import BLOCK, ChunkFiles, OpenFiles
 from cowfs.entries import ChunkRef, Entry, EntryType
 from cowfs.errors import CorruptObject
@@ -140,6 +141,9 @@ def test_unlinked_pack_still_reads_and_a_forgotten_chunk_is_not_served(lake: Lak
     assert files.read(oid, 4096, 100) == plain[4096:4196]  # the pack's descriptor is now open
     lake.store.index.packs.path(loc.pack).unlink()  # the open descriptor still has the bytes
     assert files.read(oid, 9000, 50) == plain[9000:9050]
-    files._forget(oid)  # as after damage
+    files._forget(oid)  # its location forgotten in memory: found again in the index
+    assert files.read(oid, 9000, 50) == plain[9000:9050]
+    files._damaged(oid, files._locs[oid])  # as after a block failed its check
     assert files.read(oid, 0, 1) is None
+    assert lake.store.index.chunk_location(layout.chunk_key(oid)) is None
     files.close()

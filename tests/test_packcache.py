@@ -155,7 +155,9 @@ def test_torn_or_garbage_cache_bytes_are_never_served_after_a_restart(
     tmp_path: Path, s3_url: str
 ) -> None:
     """As after a crash with the index unsynced: entries that point past a truncated pack or
-    at garbage. The first read of each chunk after the restart verifies it whole."""
+    at garbage. Every read checks the blocks it returns against the sums the entry took from
+    the verified bytes, so after the restart a sound chunk is read by block at once, and a
+    damaged one is a miss, fetched again."""
     objects = S3Store(s3_url, create=True)
     store = Store(objects, Index(tmp_path / "idx", cache_bytes=1 << 30))
     chunks = [os.urandom(200_000) for _ in range(4)]
@@ -170,6 +172,10 @@ def test_torn_or_garbage_cache_bytes_are_never_served_after_a_restart(
         f.truncate(locs[3].offset + 1000)  # a torn tail: most of chunk 3 never written
     store = Store(objects, Index(tmp_path / "idx", cache_bytes=1 << 30))
     files = ChunkFiles(store)
+    assert files.read(oids[0], 70_000, 100) == chunks[0][70_000:70_100]  # located, one block
+    assert files.read(oids[1], 5000, 10) is None  # garbage there: never served
+    assert files.read(oids[1], 100_000, 10) is None  # dropped whole, to be fetched again
+    assert files.read(oids[3], 150_000, 10) is None  # torn off
     assert [files.fetch(o) for o in oids] == chunks
     for i in (1, 3):
         again = store.index.chunk_location(layout.chunk_key(oids[i]))
