@@ -237,17 +237,32 @@ class PackCache:
                 w.file.give()
         with self.env.begin(write=True) as txn:
             raw = txn.get(w.key, db=self._packs)
-            if raw is None:  # dropped by an eviction since this writer took it
-                self._abandon(w)
-                return False
-            size, _ = _PACK.unpack(raw)
-            grown = max(size, off + n)
-            txn.put(w.key, _PACK.pack(grown, _now()), db=self._packs)
-            self._add_used(txn, grown - size)
-            if txn.get(key, db=self._locs) is not None:
-                return False
-            txn.put(key, _entry(w.pack, off, sums, n), db=self._locs)
-            txn.put(w.key, key, db=self._members)
+            if raw is not None:
+                return self._record(txn, w, key, off, n, raw, sums)
+        # Dropped by an eviction since this writer took it (released outside the transaction:
+        # a thread taking a new pack holds `_wlock` while it waits for LMDB's write lock).
+        self._abandon(w)
+        return False
+
+    def _record(
+        self,
+        txn: lmdb.Transaction,
+        w: _Writer,
+        key: bytes,
+        off: int,
+        n: int,
+        raw: bytes,
+        sums: array,
+    ) -> bool:
+        """In the put's transaction: the pack grows by what was written, whoever wins the key."""
+        size, _ = _PACK.unpack(raw)
+        grown = max(size, off + n)
+        txn.put(w.key, _PACK.pack(grown, _now()), db=self._packs)
+        self._add_used(txn, grown - size)
+        if txn.get(key, db=self._locs) is not None:
+            return False
+        txn.put(key, _entry(w.pack, off, sums, n), db=self._locs)
+        txn.put(w.key, key, db=self._members)
         return True
 
     def _reserve(self, n: int) -> tuple[_Writer, int]:
