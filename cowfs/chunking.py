@@ -6,8 +6,9 @@ Files smaller than the average chunk are read back to back as one stream and cut
 refers to a slice of one chunk (or of two, where a cut falls inside it).
 
 A put is a pipeline of stages joined by bounded queues, each stage in a library call that
-releases the GIL, so that both cores work: a large file is read a few blocks ahead on a thread of
-its own (`readahead.BlockReader`), small files by a pool of readers in order; the calling thread
+releases the GIL, so that both cores work: a large file is mapped window by window under a read
+lease (`cowfs.mapped`, for a local store) or read a few blocks ahead on a thread of its own
+(`readahead.BlockReader`), small files by a pool of readers in order; the calling thread
 cuts (FastCDC) each block where it lies, without copying it; one thread hashes the file's digest,
 block after block; a pool hashes each chunk for its address, compresses it if that pays, and
 uploads it. Blocks read ahead and chunks in flight are bounded, so memory stays flat whatever is
@@ -25,12 +26,15 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 
 import blake3
 from pyfastcdc.cy import FastCDC
 
 from cowfs.entries import ChunkRef, Entry, EntryType
+from cowfs.mapped import SUPPORTED as _CAN_MAP
+from cowfs.mapped import LeasedFile
 from cowfs.objects import object_id
 from cowfs.readahead import Block, BlockReader, Readable, read_blocks
 from cowfs.store import Store
@@ -109,6 +113,9 @@ class Chunker:
             cores = os.cpu_count() or 2
             workers = 16 if not store.objects.is_local else min(8, cores * 2)
         self.pool = ThreadPoolExecutor(workers)
+        #: Large files are cut through a map only for a local store, whose writes end soon
+        #: after a chunk is handed out: the lease holds writers back until then.
+        self.map_files = _CAN_MAP and store.objects.is_local
         self.slots = slots or threading.BoundedSemaphore(_IN_FLIGHT)
         self.futures: list[Future[str]] = []
         #: The first upload failure: later submits raise it at once, so a dead store stops a
@@ -155,9 +162,60 @@ class Chunker:
     # --- producers -------------------------------------------------------------------------
 
     def add_file(self, path: str | os.PathLike[str]) -> Pending:
-        """Cut one large file into chunks of its own, reading it ahead on a thread."""
+        """Cut one large file into chunks of its own: through a map of it under a read lease
+        where it can have one and the store is local (`cowfs.mapped`), else read ahead on a
+        thread."""
+        if self.map_files:
+            leased = LeasedFile.open(path)
+            if leased is not None:
+                pending = self._cut_mapped(leased)
+                if pending is not None:
+                    return pending
         with open(path, "rb") as f, BlockReader(f, BLOCK, MAX_CHUNK, _BLOCKS_AHEAD) as blocks:
             return self._cut_blocks(blocks)
+
+    def _cut_mapped(self, leased: LeasedFile, window: int = BLOCK) -> Pending | None:
+        """Cut a leased file window by window, its chunks slices of the map; None if a writer
+        came to wait for the file meanwhile, or a map failed (the lease is then given up once
+        nothing reads the map, and the file is to be read again the ordinary way)."""
+        pending = Pending()
+        hasher = blake3.blake3()
+        hashing: Future[object] | None = None
+        pos = 0  # file offset of the first byte not yet in a final chunk
+        gave_way = False
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="cowfs-digest") as digest:
+                while pos < leased.size:
+                    if leased.writer_waits():
+                        gave_way = True
+                        break
+                    stop = min(leased.size, pos + MAX_CHUNK + window)
+                    try:
+                        view = leased.view(pos, stop)
+                    except OSError:  # no map to be had (address space, memory): read it
+                        gave_way = True
+                        break
+                    leased.prefetch_to(stop + 2 * window)
+                    end = 0
+                    for off, n in final_cuts(self.cdc, view, stop == leased.size):
+                        end = off + n
+                        pending.parts.append((self._submit(view[off:end]), 0, n))
+                        pending.size += n
+                        self.progress(n)
+                    if hashing is not None:
+                        hashing.result()
+                    hashing = digest.submit(hasher.update, view[:end])
+                    pos += end
+                if hashing is not None:
+                    hashing.result()
+        finally:
+            leased.release_after(f for f, _, _ in pending.parts)
+        if gave_way:
+            wait_all([f for f, _, _ in pending.parts])  # the map is read no more
+            self.progress(-pending.size)
+            return None
+        pending.digest = hasher.digest()
+        return pending
 
     def add_stream(self, readable: Readable) -> Pending:
         """Cut everything `readable` yields until it is exhausted into chunks of its own.
