@@ -126,15 +126,17 @@ class Index:
         shutil.rmtree(gone, ignore_errors=True)
 
     def chunk_location(self, key: str) -> PackLoc | None:
-        """Where chunk `key`'s plain bytes lie in a pack (for sub-chunk reads,
-        `cowfs.chunkfiles`), unverified; the pack may be dropped at any moment after."""
+        """Where chunk `key`'s plain bytes lie in a pack, with the block sums every read of
+        them is checked against (sub-chunk reads, `cowfs.chunkfiles`); the pack may be dropped
+        at any moment after."""
         if not key.startswith(_FILE_PREFIX):
             return None
         return self.packs.locate(key.encode())
 
     def get_blob(self, key: str) -> bytes | None:
-        """A cached blob, as written; a chunk's bytes may be torn or lost since (the index has
-        no sync), so the caller verifies them (`Store._get_object` does)."""
+        """A cached blob. A chunk comes back checked against the block sums its entry took
+        when it entered (the index has no sync, so its bytes may be torn or lost since: then
+        it is a miss); other blobs come back as written, for the caller to check."""
         k = key.encode()
         if key.startswith(_FILE_PREFIX):
             return self.packs.get(k)
