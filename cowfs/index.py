@@ -6,9 +6,10 @@ So LMDB runs with sync off, trading durability (not needed) for speed.
 
 Databases:
 - `blobs`: object key -> plain bytes of tree nodes and commit records. Chunks of remote stores
-  are files under `files/chunks/…` instead. Both count against one size cap, enforced by
-  evicting the least recently used.
-- `atime`: object key -> (size, last use), the bookkeeping for that eviction.
+  are appended to pack files under `packs/` instead (`cowfs.packcache`: its databases `packed`,
+  `packs` and `pack_members`). Both count against one size cap, enforced by evicting the least
+  recently used blobs and whole packs.
+- `atime`: blob key -> (size, last use), the bookkeeping for that eviction.
 - `present`: object key -> when it was seen in the store, so `put` skips uploads it knows exist.
 - `stat`: local file path -> (size, mtime, inode, ctime, entry), git's index for `put`.
 - `doubt`: object key -> when a read found it damaged or missing; such an object is uploaded
@@ -18,6 +19,7 @@ Databases:
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import sys
 import threading
@@ -28,6 +30,7 @@ import lmdb
 
 from cowfs import layout
 from cowfs.errors import CowfsError, UsageError
+from cowfs.packcache import PackCache, PackLoc, lru_order, pack_limit
 
 _ATIME = struct.Struct("<QQ")
 #: A key seen in the store is trusted this long before `put` asks the store again. A garbage
@@ -36,7 +39,7 @@ PRESENT_TTL_S = 24 * 3600
 #: Refreshing a blob's last-use time costs a write transaction; do it at most this often.
 _TOUCH_EVERY_S = 300
 DEFAULT_CACHE_BYTES = 8 << 30
-#: Blobs under this key prefix are kept as files next to the LMDB environment.
+#: Blobs under this key prefix (chunks) are appended to pack files (`cowfs.packcache`).
 _FILE_PREFIX = layout.CHUNKS
 
 
@@ -66,7 +69,7 @@ class Index:
             self.env = lmdb.open(
                 str(self.path),
                 map_size=map_size,
-                max_dbs=8,
+                max_dbs=12,
                 sync=False,
                 metasync=False,
                 readahead=False,
@@ -83,43 +86,63 @@ class Index:
         self._stat = self.env.open_db(b"stat")
         self._meta = self.env.open_db(b"meta")
         self._doubt = self.env.open_db(b"doubt")
-        self._files = self.path / "files"
-        #: Chunk folders made (or found) by this process: a `mkdir` per cached chunk was 3% of
-        #: a cold read's CPU. At most one per chunk-key prefix (4,096).
-        self._dirs: set[Path] = set()
+        self.packs = PackCache(self.env, self.path / "packs", pack_limit(self.cache_bytes))
         self._lock = threading.Lock()
         self._evicting = False
         self._warned = False
+        self._drop_old_chunk_files()
 
     def close(self) -> None:
+        self.packs.close()
         self.env.close()
 
     # --- blobs -------------------------------------------------------------------------------
 
-    def _file(self, key: str) -> Path | None:
-        """Where a large blob (a chunk) lives: plain files read with the kernel's read-ahead,
-        instead of LMDB pages faulted in one by one once the page cache has been dropped."""
-        return self._files / key if key.startswith(_FILE_PREFIX) else None
+    def _drop_old_chunk_files(self) -> None:
+        """The cache before pack files kept one file per chunk under `files/`: its entries
+        are dropped from the accounting and its files removed, once (a cache, so nothing is
+        lost but a refetch). Renamed first, so two processes opening at once never race."""
+        old = self.path / "files"
+        if not old.exists():
+            return
+        p = _FILE_PREFIX.encode()
+        with self.env.begin(write=True) as txn:
+            cur = txn.cursor(db=self._atime)
+            rows = []
+            if cur.set_range(p):
+                for k, v in cur:
+                    if not bytes(k).startswith(p):
+                        break
+                    rows.append((bytes(k), _ATIME.unpack(v)[0]))
+            for k, _ in rows:
+                txn.delete(k, db=self._atime)
+            left = max(self._blob_bytes(txn) - sum(n for _, n in rows), 0)
+            txn.put(b"cached_bytes", struct.pack("<Q", left), db=self._meta)
+        gone = self.path / f"files.old.{os.getpid()}.{threading.get_ident()}"
+        try:
+            old.rename(gone)
+        except OSError:
+            return
+        shutil.rmtree(gone, ignore_errors=True)
 
-    def chunk_file(self, key: str) -> Path | None:
-        """The cached plain file of chunk `key`, if the cache holds one (for sub-chunk reads:
-        `cowfs.chunkfiles`); it may be evicted at any moment after."""
-        path = self._file(key)
-        return path if path is not None and path.is_file() else None
+    def chunk_location(self, key: str) -> PackLoc | None:
+        """Where chunk `key`'s plain bytes lie in a pack, with the block sums every read of
+        them is checked against (sub-chunk reads, `cowfs.chunkfiles`); the pack may be dropped
+        at any moment after."""
+        if not key.startswith(_FILE_PREFIX):
+            return None
+        return self.packs.locate(key.encode())
 
     def get_blob(self, key: str) -> bytes | None:
+        """A cached blob. A chunk comes back checked against the block sums its entry took
+        when it entered (the index has no sync, so its bytes may be torn or lost since: then
+        it is a miss); other blobs come back as written, for the caller to check."""
         k = key.encode()
-        path = self._file(key)
+        if key.startswith(_FILE_PREFIX):
+            return self.packs.get(k)
         with self.env.begin(buffers=False) as txn:
             raw = txn.get(k, db=self._atime)
-            data = txn.get(k, db=self._blobs) if path is None else None
-        if path is not None:
-            if raw is None:
-                return None
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                return None
+            data = txn.get(k, db=self._blobs)
         if data is None:
             return None
         now = int(time.time())
@@ -128,7 +151,7 @@ class Index:
                 txn.put(k, _ATIME.pack(len(data), now), db=self._atime)
         return data
 
-    def put_blob(self, key: str, data: bytes) -> None:
+    def put_blob(self, key: str, data: bytes | memoryview) -> None:
         """Cache a blob if there is room; a cache that cannot be written only costs speed.
 
         A cap of 0 turns caching off: data read once, as a stream, then costs no disk writes
@@ -154,6 +177,8 @@ class Index:
         p = prefix.encode()
         gone = 0
         with self._lock, self.env.begin(write=True) as txn:
+            chunks = [p] if exact else self.packs.keys_under(txn, p)
+            gone += sum(self.packs.forget(txn, k) for k in chunks)
             for db in (self._atime, self._present):
                 cur = txn.cursor(db=db)
                 keys = []
@@ -168,79 +193,86 @@ class Index:
                         size = _ATIME.unpack(raw)[0] if raw else 0
                         txn.put(
                             b"cached_bytes",
-                            struct.pack("<Q", max(self._total(txn) - size, 0)),
+                            struct.pack("<Q", max(self._blob_bytes(txn) - size, 0)),
                             db=self._meta,
                         )
                         txn.delete(k, db=self._blobs)
-                        path = self._file(k.decode())
-                        if path is not None:
-                            path.unlink(missing_ok=True)
                         gone += 1
                     txn.delete(k, db=db)
         return gone
 
-    def _put_blob(self, key: str, data: bytes) -> None:
+    def _put_blob(self, key: str, data: bytes | memoryview) -> None:
         k = key.encode()
-        size = len(data)
-        path = self._file(key)
-        if path is not None:
-            if path.parent not in self._dirs:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._dirs.add(path.parent)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-            try:
-                tmp.write_bytes(data)
-            except FileNotFoundError:  # the folder was removed since: make it again
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
-            os.replace(tmp, path)
-        with self.env.begin(write=True) as txn:
-            total = self._total(txn)
-            if txn.get(k, db=self._atime) is None:
-                total += size
-                txn.put(b"cached_bytes", struct.pack("<Q", total), db=self._meta)
-            if path is None:
+        if key.startswith(_FILE_PREFIX):
+            self.packs.put(k, data)
+            with self.env.begin() as txn:
+                total = self._total(txn)
+        else:
+            with self.env.begin(write=True) as txn:
+                blobs = self._blob_bytes(txn)
+                if txn.get(k, db=self._atime) is None:
+                    blobs += len(data)
+                    txn.put(b"cached_bytes", struct.pack("<Q", blobs), db=self._meta)
                 txn.put(k, data, db=self._blobs)
-            txn.put(k, _ATIME.pack(size, int(time.time())), db=self._atime)
+                txn.put(k, _ATIME.pack(len(data), int(time.time())), db=self._atime)
+                total = blobs + self.packs.used(txn)
         if total > self.cache_bytes:
             self._evict()
 
-    def _total(self, txn: lmdb.Transaction) -> int:
+    def _blob_bytes(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(b"cached_bytes", db=self._meta)
         return struct.unpack("<Q", raw)[0] if raw else 0
 
+    def _total(self, txn: lmdb.Transaction) -> int:
+        return self._blob_bytes(txn) + self.packs.used(txn)
+
     def cached_bytes(self) -> int:
+        """Bytes the cache holds on disk: LMDB blobs and whole pack files (dead bytes in a
+        pack, of chunks forgotten one by one, count until the pack goes)."""
         with self.env.begin() as txn:
             return self._total(txn)
 
     def _evict(self) -> None:
-        """Drop the least recently used blobs until the cache is at 90% of its cap."""
+        """Drop the least recently used blobs and whole packs until the cache is at 90% of its
+        cap. Packs a writer (of any process) holds are skipped."""
         with self._lock:
             if self._evicting:
                 return
             self._evicting = True
+        claimed: dict[bytes, int] = {}
+        committed = False
         try:
             with self.env.begin(write=True) as txn:
-                total = self._total(txn)
-                target = int(self.cache_bytes * 0.9)
-                if total <= self.cache_bytes:
+                blobs, packs = self._blob_bytes(txn), self.packs.used(txn)
+                if blobs + packs <= self.cache_bytes:
                     return
+                target = int(self.cache_bytes * 0.9)
                 rows = [
-                    (_ATIME.unpack(v)[1], _ATIME.unpack(v)[0], bytes(k))
+                    (_ATIME.unpack(v)[1], 0, _ATIME.unpack(v)[0], bytes(k))
                     for k, v in txn.cursor(db=self._atime)
                 ]
-                rows.sort()
-                for _, size, k in rows:
-                    if total <= target:
+                for _, kind, size, k in lru_order(rows + self.packs.rows(txn)):
+                    if blobs + packs <= target:
                         break
-                    path = self._file(k.decode())
-                    if path is not None:
-                        path.unlink(missing_ok=True)
-                    txn.delete(k, db=self._blobs)
-                    txn.delete(k, db=self._atime)
-                    total -= size
-                txn.put(b"cached_bytes", struct.pack("<Q", max(total, 0)), db=self._meta)
+                    if kind == 0:
+                        txn.delete(k, db=self._blobs)
+                        txn.delete(k, db=self._atime)
+                        blobs -= size
+                        continue
+                    fd = self.packs.claim(k)
+                    if fd is None:
+                        continue
+                    claimed[k] = fd
+                    packs -= self.packs.drop(txn, k)
+                txn.put(b"cached_bytes", struct.pack("<Q", max(blobs, 0)), db=self._meta)
+            committed = True
         finally:
+            if committed:
+                self.packs.unlink_dropped(claimed)
+            else:
+                for fd in claimed.values():
+                    if fd >= 0:
+                        os.close(fd)
             self._evicting = False
 
     # --- objects known to be in the store ---------------------------------------------------

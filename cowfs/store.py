@@ -173,7 +173,12 @@ class Store:
         if cache:
             hit = self.index.get_blob(key)
             if hit is not None:
-                return hit
+                # A chunk comes back checked against the block sums its cache entry took from
+                # its verified bytes (a torn or lost write after a crash is a miss); a tree
+                # node kept in LMDB is checked here.
+                if kind is Kind.CHUNK or object_id(hit) == oid:
+                    return hit
+                self.index.forget_blob(key)
         try:
             head, payload = self.objects.get_parts(key, HEADER_SIZE)
         except ObjectMissing:

@@ -53,7 +53,7 @@ def warmup(
     remote = not lake.objects.is_local
 
     def one(oid: str) -> tuple[int, bool]:
-        if remote and index.chunk_file(object_key(Kind.CHUNK, oid)) is not None:
+        if remote and index.chunk_location(object_key(Kind.CHUNK, oid)) is not None:
             return sizes[oid], True
         return len(lake.store.get_chunk(oid)), False
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cowfs import layout
 from cowfs.chunkfiles import BLOCK, ChunkFiles, OpenFiles
 from cowfs.entries import ChunkRef, Entry, EntryType
 from cowfs.errors import CorruptObject
@@ -61,9 +62,11 @@ def test_compressed_chunk_is_cached_plain_and_healed(lake: Lake) -> None:
     files = ChunkFiles(lake.store)
     assert files.fetch(oid) == plain
     loc = files._locs[oid]
-    assert loc.offset == 0 and loc.path.read_bytes() == plain  # the chunk cache's plain copy
+    pack = lake.store.index.packs.path(loc.pack)
+    assert loc.path is None  # in a pack of the chunk cache, as plain bytes
+    assert pack.read_bytes()[loc.offset : loc.offset + len(plain)] == plain
     assert files.read(oid, 500_000, 4096) == plain[500_000:504_096]
-    flip(loc.path, 2 * BLOCK)
+    flip(pack, loc.offset + 2 * BLOCK)
     assert files.read(oid, 2 * BLOCK, 1) is None  # the cache's copy is damaged: dropped
     assert files.fetch(oid) == plain  # and fetched again from the store, verified
     assert files.read(oid, 2 * BLOCK, 1) == plain[2 * BLOCK : 2 * BLOCK + 1]
@@ -129,16 +132,18 @@ def test_open_files_under_concurrent_readers_read_the_right_file(tmp_path: Path)
     assert _fds(tmp_path) == 0
 
 
-def test_evicted_cache_file_still_reads_and_damage_drops_its_descriptor(lake: Lake) -> None:
+def test_unlinked_pack_still_reads_and_a_forgotten_chunk_is_not_served(lake: Lake) -> None:
     plain = b"compressible " * 100_000
     oid = lake.store.put_chunk(plain)
     files = ChunkFiles(lake.store)
     files.fetch(oid)
     loc = files._locs[oid]
-    assert files.read(oid, 4096, 100) == plain[4096:4196]  # the descriptor is now cached
-    loc.path.unlink()  # the cache evicted the file: the open descriptor still has the bytes
+    assert files.read(oid, 4096, 100) == plain[4096:4196]  # the pack's descriptor is now open
+    lake.store.index.packs.path(loc.pack).unlink()  # the open descriptor still has the bytes
     assert files.read(oid, 9000, 50) == plain[9000:9050]
-    files._forget(oid)  # as after damage: the descriptor goes with the location
-    assert loc.path not in files._fds._open
+    files._forget(oid)  # its location forgotten in memory: found again in the index
+    assert files.read(oid, 9000, 50) == plain[9000:9050]
+    files._damaged(oid, files._locs[oid])  # as after a block failed its check
     assert files.read(oid, 0, 1) is None
+    assert lake.store.index.chunk_location(layout.chunk_key(oid)) is None
     files.close()
