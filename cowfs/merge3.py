@@ -7,6 +7,8 @@ The cost follows the two diffs (base -> dest, base -> source), never the size of
 Rules, per path:
 - changed on the source only: the source's version applies;
 - changed on both to the same content (or both to a directory): nothing to do;
+- a directory deleted on one side and still a directory on the other: no conflict of its own
+  (the paths beneath it decide);
 - changed on both differently: a conflict, listed with the base's and both sides' versions;
   `fail` refuses the merge, `source-wins` takes the source's, `dest-wins` keeps the dest's.
 Then the structure is made whole: a directory one side deleted stays while the merged tree keeps
@@ -73,6 +75,17 @@ def _same(a: Entry | None, b: Entry | None) -> bool:
     return a.same_content(b)
 
 
+def _dir_meets_delete(base: Entry | None, mine: Entry | None, theirs: Entry | None) -> bool:
+    """One side deleted a directory that the other still has as a directory (its mode or mtime
+    changed, or it was made again): no conflict of its own. The paths beneath decide, each on
+    its own, and `_make_whole` keeps the directory while anything stays beneath it."""
+    if base is None or not base.is_dir:
+        return False
+    return (mine is None and theirs is not None and theirs.is_dir) or (
+        theirs is None and mine is not None and mine.is_dir
+    )
+
+
 def plan_merge(nodes: NodeStore, base: str, dest: str, source: str, strategy: str) -> MergePlan:
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown merge strategy {strategy!r}: use {', '.join(STRATEGIES)}")
@@ -88,6 +101,10 @@ def plan_merge(nodes: NodeStore, base: str, dest: str, source: str, strategy: st
             continue
         mine = ours[ch.path]
         if _same(mine, ch.new):
+            continue
+        if _dir_meets_delete(ch.old, mine, ch.new):
+            if ch.new is None:
+                plan.edits[ch.path] = None
             continue
         plan.conflicts.append(MergeConflict(ch.path, ch.old, mine, ch.new))
         if strategy == "source-wins":

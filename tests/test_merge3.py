@@ -60,6 +60,26 @@ def test_a_deleted_directory_stays_while_the_other_side_adds_beneath_it() -> Non
     assert plan.edits == {"d/x": None, "other": f("other", "3")}
 
 
+def test_a_directory_deleted_on_one_side_and_remade_on_the_other_is_no_conflict() -> None:
+    """Found by the history model: put a/x, revert it, put it again (a/ is made again, with a
+    new mtime), then revert the first put. The directory entry alone must not conflict, and
+    under `source-wins` must not block the deletes beneath it."""
+    n = MemNodes()
+    base = build(n, [dir_entry("a", mtime_ns=1), f("a/x", "1")])
+    remade = build(n, [dir_entry("a", mtime_ns=2), f("a/x", "1")])
+    gone = build(n, [])
+    for strategy in ("fail", "source-wins", "dest-wins"):
+        plan = plan_merge(n, base, remade, gone, strategy)
+        assert not plan.conflicts
+        assert plan.edits == {"a": None, "a/x": None}
+        plan = plan_merge(n, base, gone, remade, strategy)  # the other way round
+        assert not plan.conflicts and plan.edits == {}
+    grown = build(n, [dir_entry("a", mtime_ns=2), f("a/x", "1"), f("a/y", "2")])
+    plan = plan_merge(n, base, grown, gone, "fail")
+    assert not plan.conflicts
+    assert plan.edits == {"a/x": None}  # a/ stays: a/y is still in it
+
+
 def test_a_file_that_wins_over_a_directory_drops_the_other_sides_children() -> None:
     n = MemNodes()
     base = tree_of(n, f("p", "file"))
