@@ -17,7 +17,7 @@ there with two changes:
   the loop still yields to the scheduler, and to every other task, every few requests.
 
 Everything else is trio itself. Measured on the do-nothing file system (fio, 4 KiB random reads,
-docs/benchmarks.md): 85-101 us of CPU per READ before, 45-58 after.
+docs/benchmarks.md, three runs): 58-101 us of CPU per READ before, 27-58 after.
 """
 
 from __future__ import annotations
