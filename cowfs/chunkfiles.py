@@ -23,7 +23,6 @@ that pays).
 
 from __future__ import annotations
 
-import os
 import resource
 import threading
 from array import array
@@ -32,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cowfs.objects import HEADER_SIZE, Codec, Kind, object_key
+from cowfs.openfiles import OpenFiles, open_for_blocks
 from cowfs.packcache import BLOCK, block_sums, blocks_match
 from cowfs.store import Store
 
-__all__ = ["BLOCK", "ChunkFiles", "Located", "OpenFiles", "block_sums"]
+__all__ = ["BLOCK", "ChunkFiles", "Located", "block_sums"]
 
 MAX_CHUNKS = 1 << 16
 #: Chunk files kept open (each pins at most one ~1 MiB file the cache may have evicted), at
@@ -62,80 +62,6 @@ class Located:
     sums: array
 
 
-class _Open:
-    __slots__ = ("fd", "users", "dropped")
-
-    def __init__(self, fd: int) -> None:
-        self.fd, self.users, self.dropped = fd, 0, False
-
-
-class OpenFiles:
-    """Descriptors of the chunk files read most recently, so a block read is one `pread`, not
-    open + fadvise + pread + close. A descriptor is closed only once no reader uses it (a
-    closed number could be reused by another open while a reader still holds it). A cached
-    descriptor of a file the cache evicted still reads that chunk's bytes, which are immutable
-    and block-checked; it only keeps the space until it leaves this LRU."""
-
-    def __init__(self, limit: int | None = None) -> None:
-        self.limit = _open_files_limit() if limit is None else limit
-        self._open: OrderedDict[Path, _Open] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def pread(self, path: Path, size: int, offset: int) -> bytes:
-        f = self._take(path)
-        try:
-            return os.pread(f.fd, size, offset)
-        finally:
-            self._give(f)
-
-    def _take(self, path: Path) -> _Open:
-        with self._lock:
-            f = self._open.get(path)
-            if f is not None:
-                self._open.move_to_end(path)
-                f.users += 1
-                return f
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        mine = _Open(fd)
-        with self._lock:
-            f = self._open.get(path)
-            if f is None:
-                f = self._open[path] = mine
-                while len(self._open) > self.limit:
-                    _, old = self._open.popitem(last=False)
-                    self._retire(old)
-            f.users += 1
-        if f is not mine:
-            os.close(fd)
-        return f
-
-    def _give(self, f: _Open) -> None:
-        with self._lock:
-            f.users -= 1
-            done = f.dropped and f.users == 0
-        if done:
-            os.close(f.fd)
-
-    def _retire(self, f: _Open) -> None:
-        """Under the lock: close now if unused, else when the last user gives it back."""
-        f.dropped = True
-        if f.users == 0:
-            f.users = -1  # closed: a late `_give` never sees 0 again
-            os.close(f.fd)
-
-    def drop(self, path: Path) -> None:
-        with self._lock:
-            f = self._open.pop(path, None)
-            if f is not None:
-                self._retire(f)
-
-    def close(self) -> None:
-        with self._lock:
-            while self._open:
-                self._retire(self._open.popitem()[1])
-
-
 class ChunkFiles:
     """Verified chunks on local disk. Thread-safe; reads take no lock while they read."""
 
@@ -144,7 +70,7 @@ class ChunkFiles:
         self.max_chunks = max_chunks
         self._locs: OrderedDict[str, Located] = OrderedDict()
         self._lock = threading.Lock()
-        self._fds = OpenFiles()
+        self._fds: OpenFiles[Path] = OpenFiles(_open_files_limit(), open_for_blocks)
         self._local_root: Path | None = getattr(store.objects, "root", None)
         if not store.objects.is_local:
             self._local_root = None

@@ -38,12 +38,13 @@ import struct
 import threading
 import time
 from array import array
-from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
 import lmdb
 import xxhash
+
+from cowfs.openfiles import OpenFiles, SharedFd, open_for_blocks
 
 #: Pack files' size once full; smaller with a small cap (a sixteenth of it), so that dropping
 #: whole packs can keep the cache under its cap.
@@ -140,35 +141,11 @@ def lru_order(rows: list[tuple[int, int, int, bytes]]) -> list[tuple[int, int, i
     return sorted(rows, key=lambda r: (r[0], r[1], r[3]))
 
 
-class _Fd:
-    """A descriptor shared by threads: closed only once its last user gives it back (a closed
-    number could be reused by another open while a reader still holds it)."""
-
-    __slots__ = ("fd", "users", "dropped")
-
-    def __init__(self, fd: int) -> None:
-        self.fd, self.users, self.dropped = fd, 0, False
-
-    def retire(self) -> None:
-        """Under the owner's lock: close now if unused, else when the last user gives it back."""
-        self.dropped = True
-        if self.users == 0:
-            self.users = -1
-            os.close(self.fd)
-
-    def give(self) -> None:
-        """Under the owner's lock."""
-        self.users -= 1
-        if self.dropped and self.users == 0:
-            self.users = -1
-            os.close(self.fd)
-
-
 class _Writer:
     __slots__ = ("pack", "key", "file", "end", "allocated", "pid")
 
     def __init__(self, pack: int, fd: int, end: int) -> None:
-        self.pack, self.key, self.file = pack, pack_id_key(pack), _Fd(fd)
+        self.pack, self.key, self.file = pack, pack_id_key(pack), SharedFd(fd)
         self.end, self.allocated, self.pid = end, end, os.getpid()
 
 
@@ -195,7 +172,7 @@ class PackCache:
         self._meta = env.open_db(b"meta")
         self._writer: _Writer | None = None
         self._wlock = threading.Lock()
-        self._open: OrderedDict[int, _Fd] = OrderedDict()
+        self._fds: OpenFiles[int] = OpenFiles(OPEN_PACKS, self._open_pack)
         self._lock = threading.Lock()
         self._dropped: set[int] = set()
         self._drops_seen = -1
@@ -347,9 +324,7 @@ class PackCache:
         with self._wlock:
             if self._writer is not None:
                 self._release(self._writer)
-        with self._lock:
-            while self._open:
-                self._open.popitem()[1].retire()
+        self._fds.close()
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -393,38 +368,16 @@ class PackCache:
         """Bytes of a pack through one shared descriptor per pack; `PackGone` once the pack
         was dropped (by this process, or by another one, seen within `_DROP_CHECK_S`)."""
         self._check_drops()
-        f = self._take(pack)
-        try:
-            return os.pread(f.fd, size, offset)
-        finally:
-            with self._lock:
-                f.give()
+        return self._fds.pread(pack, size, offset)
 
-    def _take(self, pack: int) -> _Fd:
+    def _open_pack(self, pack: int) -> int:
         with self._lock:
             if pack in self._dropped:
                 raise PackGone(errno.ENOENT, "pack dropped", str(self.path(pack)))
-            f = self._open.get(pack)
-            if f is not None:
-                self._open.move_to_end(pack)
-                f.users += 1
-                return f
         try:
-            fd = os.open(self.path(pack), os.O_RDONLY | os.O_CLOEXEC)
+            return open_for_blocks(self.path(pack))
         except FileNotFoundError:
             raise PackGone(errno.ENOENT, "pack dropped", str(self.path(pack))) from None
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        mine = _Fd(fd)
-        with self._lock:
-            f = self._open.get(pack)
-            if f is None:
-                f = self._open[pack] = mine
-                while len(self._open) > OPEN_PACKS:
-                    self._open.popitem(last=False)[1].retire()
-            f.users += 1
-        if f is not mine:
-            os.close(fd)
-        return f
 
     def _check_drops(self) -> None:
         now = time.monotonic()
@@ -436,19 +389,15 @@ class PackCache:
             drops = _U64.unpack(raw)[0] if raw else 0
             if drops == self._drops_seen:
                 return
-            with self._lock:
-                held = list(self._open)
-            gone = [p for p in held if txn.get(pack_id_key(p), db=self._packs) is None]
+            gone = [p for p in self._fds.held() if txn.get(pack_id_key(p), db=self._packs) is None]
         self._drops_seen = drops
         self._forget_packs(gone)
 
     def _forget_packs(self, packs: list[int]) -> None:
         with self._lock:
-            for p in packs:
-                self._dropped.add(p)
-                f = self._open.pop(p, None)
-                if f is not None:
-                    f.retire()
+            self._dropped.update(packs)
+        for p in packs:
+            self._fds.drop(p)
 
     # --- dropping ----------------------------------------------------------------------------
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from cowfs import layout
-from cowfs.chunkfiles import BLOCK, ChunkFiles, OpenFiles
+from cowfs.chunkfiles import BLOCK, ChunkFiles
 from cowfs.entries import ChunkRef, Entry, EntryType
 from cowfs.errors import CorruptObject
 from cowfs.lake import Lake
 from cowfs.objects import HEADER_SIZE
+from cowfs.openfiles import OpenFiles, open_for_blocks
 from cowfs.reader import ChunkReader
 
 
@@ -102,7 +103,7 @@ def test_open_files_close_a_descriptor_only_after_its_last_reader(tmp_path: Path
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_bytes(b"A" * 100)
     b.write_bytes(b"B" * 100)
-    files = OpenFiles(limit=1)
+    files: OpenFiles[Path] = OpenFiles(1, open_for_blocks)
     held = files._take(a)  # a reader in the middle of a pread of `a`
     assert files.pread(b, 4, 0) == b"BBBB"  # evicts `a` from the LRU...
     assert os.pread(held.fd, 3, 0) == b"AAA"  # ...but its descriptor stays valid while used
@@ -118,7 +119,9 @@ def test_open_files_under_concurrent_readers_read_the_right_file(tmp_path: Path)
         p = tmp_path / f"f{i}"
         p.write_bytes(bytes([i]) * 8192)
         paths.append(p)
-    files = OpenFiles(limit=8)  # far fewer than the files: constant eviction under reads
+    files: OpenFiles[Path] = OpenFiles(
+        8, open_for_blocks
+    )  # far fewer than the files: constant eviction under reads
 
     def work(seed: int) -> None:
         for k in range(400):
