@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import struct
 import threading
@@ -158,6 +159,22 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         mv, offset = mv[n:], offset + n
 
 
+def _pack_path(root: Path, pack: int) -> Path:
+    return root / f"{pack:08d}.pack"
+
+
+def _open_pack(root: Path, dropped: set[int], lock: threading.Lock, pack: int) -> int:
+    """A pack's descriptor for block reads; `PackGone` for a pack this process saw dropped."""
+    path = _pack_path(root, pack)
+    with lock:
+        if pack in dropped:
+            raise PackGone(errno.ENOENT, "pack dropped", str(path))
+    try:
+        return open_for_blocks(path)
+    except FileNotFoundError:
+        raise PackGone(errno.ENOENT, "pack dropped", str(path)) from None
+
+
 class PackCache:
     """Chunks appended to pack files, located through LMDB. Thread-safe: threads of one process
     append to the same pack concurrently (each writes its own reserved range)."""
@@ -172,14 +189,18 @@ class PackCache:
         self._meta = env.open_db(b"meta")
         self._writer: _Writer | None = None
         self._wlock = threading.Lock()
-        self._fds: OpenFiles[int] = OpenFiles(OPEN_PACKS, self._open_pack)
         self._lock = threading.Lock()
         self._dropped: set[int] = set()
+        # Not a bound method: the LRU would then hold this cache, and the cycle would keep the
+        # LMDB environment open until a garbage collection, after the caller let go of it.
+        self._fds: OpenFiles[int] = OpenFiles(
+            OPEN_PACKS, functools.partial(_open_pack, root, self._dropped, self._lock)
+        )
         self._drops_seen = -1
         self._checked = 0.0
 
     def path(self, pack: int) -> Path:
-        return self.root / f"{pack:08d}.pack"
+        return _pack_path(self.root, pack)
 
     # --- accounting --------------------------------------------------------------------------
 
@@ -369,15 +390,6 @@ class PackCache:
         was dropped (by this process, or by another one, seen within `_DROP_CHECK_S`)."""
         self._check_drops()
         return self._fds.pread(pack, size, offset)
-
-    def _open_pack(self, pack: int) -> int:
-        with self._lock:
-            if pack in self._dropped:
-                raise PackGone(errno.ENOENT, "pack dropped", str(self.path(pack)))
-        try:
-            return open_for_blocks(self.path(pack))
-        except FileNotFoundError:
-            raise PackGone(errno.ENOENT, "pack dropped", str(self.path(pack))) from None
 
     def _check_drops(self) -> None:
         now = time.monotonic()
