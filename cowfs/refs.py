@@ -47,11 +47,18 @@ def parse_ref(text: str, allow_path: bool = True) -> Ref:
     return Ref(repo, rev, back, normalize_path(path) if colon else "", bool(colon))
 
 
-def parse_branch_ref(text: str, allow_path: bool = True, what: str = "write to") -> Ref:
-    """A ref that names a branch to change or create, never an ancestor: `repo@dev~1` or
-    `repo@HEAD^` would otherwise write to (or create) a branch named `dev` or `HEAD`."""
+def parse_branch_ref(
+    text: str, allow_path: bool = True, what: str = "write to", spelled: bool = False
+) -> Ref:
+    """A ref that names a branch (or tag) to change or create, never an ancestor: `repo@dev~1`
+    or `repo@HEAD^` would otherwise write to (or create) a branch named `dev` or `HEAD`.
+
+    With `spelled`, the name must be written out: deleting, tagging, merging into, resetting or
+    committing to a branch the user left to default to `main` would be a surprise."""
+    if spelled and "@" not in text.partition(":")[0]:
+        raise UsageError(f"cannot {what} {text!r}: spell out the name, as in {text}@main")
     ref = parse_ref(text, allow_path=allow_path)
-    if ref.back or text.partition(":")[0].endswith(("^", "~")):
+    if ref.back:
         raise UsageError(
             f"cannot {what} {text!r}: '^' and '~' name an ancestor commit, which is immutable; "
             "name a branch (branch names use letters, digits, '-', '_' and '.')"

@@ -6,7 +6,7 @@ import pytest
 
 from cowfs.errors import UsageError
 from cowfs.names import ancestors, check_name, normalize_path
-from cowfs.refs import Ref, parse_ref
+from cowfs.refs import Ref, parse_branch_ref, parse_ref
 
 
 @pytest.mark.parametrize(
@@ -52,6 +52,24 @@ def test_refused(text: str) -> None:
 def test_paths_only_refs() -> None:
     with pytest.raises(UsageError, match="names a path"):
         parse_ref("r@main:/x", allow_path=False)
+
+
+@pytest.mark.parametrize("text", ["r@dev^", "r@dev~2", "r@HEAD^^:/x"])
+def test_branch_refs_refuse_ancestors(text: str) -> None:
+    with pytest.raises(UsageError, match="ancestor"):
+        parse_branch_ref(text, what="put into")
+    with pytest.raises(UsageError, match="invalid branch"):
+        parse_branch_ref("r@dev~")
+
+
+def test_branch_refs_that_must_be_spelled_out() -> None:
+    assert parse_branch_ref("r") == Ref("r", "main")
+    assert parse_branch_ref("r@dev", allow_path=False, spelled=True) == Ref("r", "dev")
+    for text in ("r", "r:/x"):
+        with pytest.raises(UsageError, match=r"cannot delete tag .*spell out the name"):
+            parse_branch_ref(text, what="delete tag", spelled=True)
+    with pytest.raises(UsageError, match="names a path"):
+        parse_branch_ref("r@dev:/x", allow_path=False, spelled=True)
 
 
 def test_names_and_paths() -> None:

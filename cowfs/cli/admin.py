@@ -7,7 +7,7 @@ import sys
 import click
 
 from cowfs import revert as revert_mod
-from cowfs.cli.common import Context, emit_json, human_bytes, json_option, named, pass_ctx, when
+from cowfs.cli.common import Context, emit_json, human_bytes, json_option, pass_ctx, when
 from cowfs.config import default_store_url
 from cowfs.errors import CowfsError, UsageError
 from cowfs.lake import Lake
@@ -143,7 +143,8 @@ def branch_delete(ctx: Context, target: str) -> None:
 def branch_reset(ctx: Context, target: str, commit_id: str, as_json: bool) -> None:
     """Move a branch to another commit (the commits it leaves stay until gc drops them)."""
     lake = ctx.lake()
-    repo, br = named(target, "branch")
+    at = parse_branch_ref(target, allow_path=False, what="reset", spelled=True)
+    repo, br = at.repo, at.rev
     ref = parse_ref(commit_id if "@" in commit_id else f"{repo}@{commit_id}", allow_path=False)
     to = lake.resolve(ref)
     old = revert_mod.reset(lake, repo, br, to)

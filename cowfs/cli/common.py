@@ -11,9 +11,7 @@ from typing import Any
 
 import click
 
-from cowfs.errors import UsageError
 from cowfs.lake import Lake
-from cowfs.refs import parse_ref
 
 
 class Context:
@@ -34,16 +32,6 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-def named(target: str, what: str) -> tuple[str, str]:
-    """(repo, name) of a `repo@name` that names a branch or tag to change, never an ancestor."""
-    if "@" not in target:
-        raise UsageError(f"name the {what} as repo@name, not {target!r}")
-    ref = parse_ref(target, allow_path=False)
-    if ref.back:
-        raise UsageError(f"{target!r}: a {what} name cannot use ^ or ~")
-    return ref.repo, ref.rev
 
 
 def emit_json(data: Any) -> None:

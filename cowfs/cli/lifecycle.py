@@ -13,10 +13,10 @@ from cowfs import gc as gc_mod
 from cowfs import merge3
 from cowfs import revert as revert_mod
 from cowfs import tags as tags_mod
-from cowfs.cli.common import Context, emit_json, human_bytes, json_option, named, pass_ctx, when
+from cowfs.cli.common import Context, emit_json, human_bytes, json_option, pass_ctx, when
 from cowfs.entries import Entry
 from cowfs.errors import UsageError
-from cowfs.refs import parse_ref
+from cowfs.refs import parse_branch_ref, parse_ref
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
@@ -53,7 +53,8 @@ def tag() -> None:
 @pass_ctx
 def tag_create(ctx: Context, target: str, start: str, message: str, as_json: bool) -> None:
     lake = ctx.lake()
-    repo, name = named(target, "tag")
+    ref = parse_branch_ref(target, allow_path=False, what="create tag", spelled=True)
+    repo, name = ref.repo, ref.rev
     src = parse_ref(start, allow_path=False)
     if src.repo != repo:
         raise UsageError("a tag must name a commit of its own repo")
@@ -84,7 +85,8 @@ def tag_list(ctx: Context, repo_name: str, as_json: bool) -> None:
 @click.argument("target", metavar="REPO@TAG")
 @pass_ctx
 def tag_delete(ctx: Context, target: str) -> None:
-    repo, name = named(target, "tag")
+    ref = parse_branch_ref(target, allow_path=False, what="delete tag", spelled=True)
+    repo, name = ref.repo, ref.rev
     t = tags_mod.delete_tag(ctx.lake(), repo, name)
     click.echo(f"deleted tag {repo}@{name} (was {t.commit})")
 
@@ -156,7 +158,8 @@ def merge(
     """Three-way merge of SOURCE into branch DEST: a commit with both as parents."""
     lake = ctx.lake()
     src = parse_ref(source, allow_path=False)
-    dst_repo, dst_branch = named(dest, "destination branch")
+    dst = parse_branch_ref(dest, allow_path=False, what="merge into", spelled=True)
+    dst_repo, dst_branch = dst.repo, dst.rev
     if src.repo != dst_repo:
         raise UsageError("merge works within one repo: source and destination differ")
     src_commit = lake.resolve(src)
@@ -215,7 +218,8 @@ def revert(
 ) -> None:
     """A new commit on BRANCH that undoes what COMMIT changed."""
     lake = ctx.lake()
-    repo, br = named(target, "branch")
+    at = parse_branch_ref(target, allow_path=False, what="revert on", spelled=True)
+    repo, br = at.repo, at.rev
     ref = parse_ref(commit_id if "@" in commit_id else f"{repo}@{commit_id}", allow_path=False)
     undo = lake.resolve(ref)
     info = {"reverts": undo.id, "branch": f"{repo}@{br}", "dry_run": dry_run}

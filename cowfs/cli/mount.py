@@ -17,18 +17,9 @@ import click
 from cowfs.cli.common import Context, emit_json, json_option, pass_ctx
 from cowfs.config import state_dir
 from cowfs.errors import CowfsError, StoreUnavailable, UsageError
-from cowfs.refs import parse_ref
+from cowfs.refs import parse_branch_ref, parse_ref
 
 _MOUNT_WAIT_S = 60.0
-
-
-def _branch_ref(target: str) -> tuple[str, str]:
-    if "@" not in target:
-        raise UsageError(f"name the branch, e.g. {target}@main")
-    ref = parse_ref(target, allow_path=False)
-    if ref.back:
-        raise UsageError(f"{target} is not a branch: only branches can be written")
-    return ref.repo, ref.rev
 
 
 def _holder(mounts: list[dict], repo: str, branch: str) -> dict | None:
@@ -161,7 +152,8 @@ def write(ctx: Context, target: str, discard: bool, as_json: bool) -> None:
     from cowfs.staging_commit import open_write
     from daemon.control import call, mounts_of
 
-    repo, branch = _branch_ref(target)
+    at = parse_branch_ref(target, allow_path=False, what="open for writing", spelled=True)
+    repo, branch = at.repo, at.rev
     lake = ctx.lake()
     mounts = mounts_of(lake.url)
     if discard:
@@ -202,7 +194,8 @@ def commit(ctx: Context, target: str, message: str, keep_open: bool, as_json: bo
     from cowfs.staging_commit import seal
     from daemon.control import call, mounts_of
 
-    repo, branch = _branch_ref(target)
+    at = parse_branch_ref(target, allow_path=False, what="commit to", spelled=True)
+    repo, branch = at.repo, at.rev
     lake = ctx.lake()
     mounts = mounts_of(lake.url)
     req = {
