@@ -179,12 +179,10 @@ class Chunker:
         came to wait for the file meanwhile, or a map failed (the lease is then given up once
         nothing reads the map, and the file is to be read again the ordinary way)."""
         pending = Pending()
-        hasher = blake3.blake3()
-        hashing: Future[object] | None = None
         pos = 0  # file offset of the first byte not yet in a final chunk
         gave_way = False
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="cowfs-digest") as digest:
+            with _Digest() as digest:
                 while pos < leased.size:
                     if leased.writer_waits():
                         gave_way = True
@@ -196,26 +194,28 @@ class Chunker:
                         gave_way = True
                         break
                     leased.prefetch_to(stop + 2 * window)
-                    end = 0
-                    for off, n in final_cuts(self.cdc, view, stop == leased.size):
-                        end = off + n
-                        pending.parts.append((self._submit(view[off:end]), 0, n))
-                        pending.size += n
-                        self.progress(n)
-                    if hashing is not None:
-                        hashing.result()
-                    hashing = digest.submit(hasher.update, view[:end])
+                    end = self._take(pending, view, final_cuts(self.cdc, view, stop == leased.size))
+                    digest.add(view[:end])
                     pos += end
-                if hashing is not None:
-                    hashing.result()
+                pending.digest = digest.result()
         finally:
             leased.release_after(f for f, _, _ in pending.parts)
         if gave_way:
             wait_all([f for f, _, _ in pending.parts])  # the map is read no more
             self.progress(-pending.size)
             return None
-        pending.digest = hasher.digest()
         return pending
+
+    def _take(self, pending: Pending, window: memoryview, cuts: list[tuple[int, int]]) -> int:
+        """Upload each final chunk (offset, length) of `window` as part of `pending`; the end
+        of the last one, where the next window starts."""
+        end = 0
+        for off, n in cuts:
+            end = off + n
+            pending.parts.append((self._submit(window[off:end]), 0, n))
+            pending.size += n
+            self.progress(n)
+        return end
 
     def add_stream(self, readable: Readable) -> Pending:
         """Cut everything `readable` yields until it is exhausted into chunks of its own.
@@ -243,22 +243,10 @@ class Chunker:
 
     def _cut_blocks(self, blocks: Iterable[Block]) -> Pending:
         pending = Pending()
-        hasher = blake3.blake3()
-        hashing: Future[object] | None = None
-        with ThreadPoolExecutor(1, thread_name_prefix="cowfs-digest") as digest:
+        with _Digest() as digest:
             for window, cuts in _windows(self.cdc, blocks):
-                end = 0
-                for _, off, n in cuts:
-                    end = off + n
-                    pending.parts.append((self._submit(window[off:end]), 0, n))
-                    pending.size += n
-                    self.progress(n)
-                if hashing is not None:
-                    hashing.result()  # one block hashing, one waiting: memory stays bounded
-                hashing = digest.submit(hasher.update, window[:end])
-            if hashing is not None:
-                hashing.result()
-        pending.digest = hasher.digest()
+                digest.add(window[: self._take(pending, window, cuts)])
+            pending.digest = digest.result()
         return pending
 
     def add_small_files(self, contents: Iterable[bytes]) -> list[Pending]:
@@ -284,6 +272,35 @@ class Chunker:
     def packer(self) -> Packer:
         """A stream of small files to add one at a time (`Packer.add`), cut as it fills."""
         return Packer(self)
+
+
+class _Digest:
+    """The whole file's BLAKE3, hashed on a thread of its own one window behind the cutter:
+    one window hashing while the next is cut, so at most two are held."""
+
+    def __init__(self) -> None:
+        self._hasher = blake3.blake3()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cowfs-digest")
+        self._busy: Future[object] | None = None
+
+    def __enter__(self) -> _Digest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    def add(self, data: memoryview) -> None:
+        self._wait()
+        self._busy = self._pool.submit(self._hasher.update, data)
+
+    def result(self) -> bytes:
+        self._wait()
+        return self._hasher.digest()
+
+    def _wait(self) -> None:
+        if self._busy is not None:
+            busy, self._busy = self._busy, None
+            busy.result()
 
 
 def store_stream(
@@ -324,20 +341,18 @@ def final_cuts(cdc: FastCDC, window: memoryview, last: bool) -> list[tuple[int, 
 
 def _windows(
     cdc: FastCDC, blocks: Iterable[Block]
-) -> Iterator[tuple[memoryview, list[tuple[int, int, int]]]]:
+) -> Iterator[tuple[memoryview, list[tuple[int, int]]]]:
     """Each block with the uncut tail of the one before in its headroom, and the final cuts
-    in it as (stream offset, window offset, length). The tail is the only byte copied."""
+    in it as (offset, length). The tail is the only byte copied."""
     carry = memoryview(b"")
-    pos = 0  # stream offset of the window's first byte
     for b in blocks:
         start = MAX_CHUNK - len(carry)
         b.buf[start:MAX_CHUNK] = carry
         window = memoryview(b.buf)[start : MAX_CHUNK + b.size]
         cuts = final_cuts(cdc, window, b.last)
         end = cuts[-1][0] + cuts[-1][1] if cuts else 0
-        yield window, [(pos + off, off, n) for off, n in cuts]
+        yield window, cuts
         carry = window[end:]
-        pos += end
 
 
 class Packer:
