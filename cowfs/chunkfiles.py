@@ -32,7 +32,7 @@ from pathlib import Path
 
 from cowfs.objects import HEADER_SIZE, Codec, Kind, object_key
 from cowfs.openfiles import OpenFiles, open_for_blocks
-from cowfs.packcache import BLOCK, block_sums, blocks_match
+from cowfs.packformat import BLOCK, block_sums, blocks_match
 from cowfs.store import Store
 
 __all__ = ["BLOCK", "ChunkFiles", "Located", "block_sums"]

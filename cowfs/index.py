@@ -30,7 +30,8 @@ import lmdb
 
 from cowfs import layout
 from cowfs.errors import CowfsError, UsageError
-from cowfs.packcache import PackCache, PackLoc, lru_order, pack_limit
+from cowfs.packcache import PackCache, lru_order, pack_limit
+from cowfs.packformat import PackLoc
 
 _ATIME = struct.Struct("<QQ")
 #: A key seen in the store is trusted this long before `put` asks the store again. A garbage
