@@ -132,6 +132,12 @@ class CowFS(pyfuse3.Operations):
         self.table = self.ns.table
         self.poll_heads = self.ns.poll_heads
         self.control = self.ns.control
+        #: Set once the kernel's INIT is answered: what the kernel settles then (its read-ahead
+        #: among them) can be changed only after.
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        self.initialized.set()
 
     def _held_views(self) -> list[tuple]:
         return [h.view.key for h in self.handles.values() if h.view is not None]

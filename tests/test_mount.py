@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.mount import is_mounted
+from daemon.mount import device_in_mountinfo, is_mounted, mount_device
 from tests.mountutil import MountedLake, wait_for
 
 pytestmark = pytest.mark.mount
@@ -121,6 +121,52 @@ def test_random_reads_fetch_what_they_touch(local: MountedLake) -> None:
         for off in (4_000_000, 17, 2_500_000, len(big) - 10):
             f.seek(off)
             assert f.read(1000) == big[off : off + 1000]
+
+
+def _bdi_read_ahead() -> dict[str, str]:
+    return {p.parent.name: p.read_text() for p in Path("/sys/class/bdi").glob("*/read_ahead_kb")}
+
+
+def test_mount_sets_its_read_ahead(local: MountedLake) -> None:
+    """On its own bdi only: 1 MiB READs for sequential readers, other devices untouched."""
+    before = _bdi_read_ahead()
+    put_tree(local)
+    local.mount()
+    dev = mount_device(str(local.mnt))
+    st = os.stat(local.mnt)
+    assert dev == f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    # Set once the kernel's INIT is answered, which the mount's first stat waits for.
+    assert wait_for(lambda: _bdi_read_ahead()[dev] == "1024\n", timeout=30)
+    now = _bdi_read_ahead()
+    del now[dev]
+    assert now == {k: v for k, v in before.items() if k in now}
+    local.unmount()
+    out = subprocess.run(
+        [sys.executable, "-m", "cowfs.cli.main", "mount", "--background"]
+        + ["--read-ahead-kb", "512", str(local.mnt)],
+        env=local.env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    try:
+        dev = mount_device(str(local.mnt))
+        assert (local.mnt / "images/main/cats/a.jpg").exists()
+        assert wait_for(lambda: _bdi_read_ahead()[dev or ""] == "512\n", timeout=30)
+    finally:
+        local.cli("umount", str(local.mnt))
+
+
+def test_device_of_the_last_mount_at_a_path() -> None:
+    info = (
+        "22 1 8:1 / / rw - ext4 /dev/vda rw\n"
+        "40 22 0:41 / /pfs rw - fuse.cowfs cowfs rw\n"
+        "41 40 0:52 / /pfs rw - fuse.cowfs cowfs rw\n"
+        "42 22 0:53 / /with\\040space rw - fuse.cowfs cowfs rw\n"
+    )
+    assert device_in_mountinfo(info, "/pfs") == "0:52"
+    assert device_in_mountinfo(info, "/with space") == "0:53"
+    assert device_in_mountinfo(info, "/elsewhere") is None
 
 
 def test_branch_follows_head(ml: MountedLake) -> None:

@@ -58,6 +58,13 @@ def _answer(info: dict) -> dict:
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount (shared boxes).")
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
 @click.option("--log-file", type=click.Path(path_type=Path), help="Where --background logs go.")
+@click.option(
+    "--read-ahead-kb",
+    type=click.IntRange(0, 1 << 20),
+    default=1024,
+    show_default=True,
+    help="The mount's read-ahead (needs root; 0 keeps the kernel's).",
+)
 @pass_ctx
 def mount(
     ctx: Context,
@@ -66,6 +73,7 @@ def mount(
     allow_other: bool,
     debug: bool,
     log_file: Path | None,
+    read_ahead_kb: int,
 ) -> None:
     """Mount the lake at MOUNTPOINT: /MNT/<repo>/<branch>, /MNT/<repo>/@<commit>, /MNT/.ids/<id>."""
     import logging
@@ -78,13 +86,15 @@ def mount(
         raise UsageError(f"{mountpoint} is already mounted: `cowfs umount {mountpoint}` first")
     lake = ctx.lake()
     if background:
-        _spawn(ctx, mountpoint, allow_other, debug, log_file)
+        _spawn(ctx, mountpoint, allow_other, debug, log_file, read_ahead_kb)
         return
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    options = MountOptions(allow_other=allow_other, debug=debug)
+    options = MountOptions(
+        allow_other=allow_other, debug=debug, read_ahead_kb=read_ahead_kb or None
+    )
     run_mount(
         lake,
         str(mountpoint),
@@ -94,7 +104,12 @@ def mount(
 
 
 def _spawn(
-    ctx: Context, mountpoint: Path, allow_other: bool, debug: bool, log_file: Path | None
+    ctx: Context,
+    mountpoint: Path,
+    allow_other: bool,
+    debug: bool,
+    log_file: Path | None,
+    read_ahead_kb: int,
 ) -> None:
     from daemon.mount import is_mounted
 
@@ -106,6 +121,7 @@ def _spawn(
     args += ["mount", str(mountpoint)]
     args += ["--allow-other"] if allow_other else []
     args += ["--debug"] if debug else []
+    args += ["--read-ahead-kb", str(read_ahead_kb)]
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True

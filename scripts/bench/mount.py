@@ -14,7 +14,8 @@ Each against the local disk, the physical limit. Needs root (drop_caches, mounts
 table and the ratio of every peer to cowfs, the CPU that each mount process and the SeaweedFS
 server spent per MiB of the cold read (a figure that other load on the machine disturbs less
 than seconds do), and the load average. `--read-ahead-kb N` sets every FUSE mount's
-`read_ahead_kb` (the kernel then sends READs of up to N KiB; default 128, READs of 256 KiB).
+`read_ahead_kb` (the kernel then sends READs of up to N KiB); without it the cowfs mount sets
+its own (1024 by default) and the peers keep the kernel's 128.
 """
 
 from __future__ import annotations
@@ -156,9 +157,10 @@ class Local(Target):
 class Cowfs(Target):
     name = "cowfs"
 
-    def __init__(self, work: Path, env: dict[str, str]) -> None:
+    def __init__(self, work: Path, env: dict[str, str], read_ahead_kb: int | None = None) -> None:
         super().__init__(work)
         self.env = env
+        self.read_ahead_kb = read_ahead_kb
 
     def big(self) -> Path:
         return self.mnt / "big/main/big.bin"
@@ -171,7 +173,8 @@ class Cowfs(Target):
             shutil.rmtree(self.env["COWFS_CACHE_DIR"], ignore_errors=True)
         log = open(self.work / "cowfs-mount.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cowfs.cli.main", "mount", str(self.mnt)],
+            [sys.executable, "-m", "cowfs.cli.main", "mount", str(self.mnt)]
+            + ([] if self.read_ahead_kb is None else ["--read-ahead-kb", str(self.read_ahead_kb)]),
             env=self.env,
             stdout=log,
             stderr=log,
@@ -299,7 +302,7 @@ def measure(
 
     def mount(fresh_cache: bool = True) -> None:
         t.mount(fresh_cache)
-        if read_ahead_kb is not None and not isinstance(t, Local):
+        if read_ahead_kb is not None and not isinstance(t, (Local, Cowfs)):
             set_read_ahead(t.mnt, read_ahead_kb)
 
     def big_cold() -> float:
@@ -484,7 +487,7 @@ def main() -> None:
             log("uploading the same data as plain objects for the peers")
             upload_raw(server, data)
         targets.append(Local(work, data))
-        targets.append(Cowfs(work, env))
+        targets.append(Cowfs(work, env, args.read_ahead_kb))
         for p in peers:
             cls = {"weed": WeedMount, "rclone": Rclone, "s3fs": S3fs}[p]
             tool = "weed" if p == "weed" else p

@@ -57,7 +57,8 @@ def fio(path: Path, bs: str, engine: str, depth: int, jobs: int, seconds: int) -
 
 class Mount:
     """A `cowfs mount` process; `fuse_options` are added to pyfuse3's (an experiment: through a
-    `sitecustomize` of the mount process), `read_ahead_kb` is set on the mount's bdi."""
+    `sitecustomize` of the mount process), `read_ahead_kb` is the mount's `--read-ahead-kb`
+    (None: its default)."""
 
     def __init__(
         self,
@@ -93,8 +94,9 @@ class Mount:
         ).stdout
 
     def up(self) -> None:
+        ra = [] if self.read_ahead_kb is None else ["--read-ahead-kb", str(self.read_ahead_kb)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cowfs.cli.main", "mount", str(self.mnt)],
+            [sys.executable, "-m", "cowfs.cli.main", "mount", *ra, str(self.mnt)],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -104,10 +106,6 @@ class Mount:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("the mount did not come up")
             time.sleep(0.05)
-        if self.read_ahead_kb is not None:
-            dev = os.stat(self.mnt).st_dev
-            bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
-            bdi.write_text(f"{self.read_ahead_kb}\n")
 
     def down(self) -> None:
         subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
