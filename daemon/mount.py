@@ -30,8 +30,8 @@ class MountOptions:
     min_tasks: int = 8
     debug: bool = False
     #: The mount's own read-ahead, its bdi's `read_ahead_kb` (None: the kernel's, 128). At 1024 a
-    #: sequential reader sends one READ per MiB instead of eight (the kernel splits read-ahead
-    #: into READs of at most its window), each a Python request saved; see docs/mount.md.
+    #: sequential reader sends one READ per MiB instead of four, each a Python request saved;
+    #: see docs/mount.md.
     #: Setting it needs root; without, the mount keeps the kernel's and says so in its log.
     read_ahead_kb: int | None = 1024
 
