@@ -48,10 +48,13 @@ _KEYS = {
     "poll_interval": (int, float),
     "watch": bool,
     "allow_other": bool,
+    "read_ahead_kb": int,
     "cache_dir": str,
     "state_dir": str,
     "ray": str,
 }
+_POSITIVE = ("poll_interval",)
+_NOT_NEGATIVE = ("read_ahead_kb",)
 #: Tables of the same file that belong to others (the S3 gateway reads `[s3]`).
 _OTHER_TABLES = ("s3",)
 
@@ -64,6 +67,8 @@ class DaemonConfig:
     poll_interval: float = 0.5
     watch: bool = True
     allow_other: bool = False
+    #: The mount's read-ahead (`cowfs mount --read-ahead-kb`); 0 keeps the kernel's.
+    read_ahead_kb: int = 1024
     cache_dir: str | None = None
     state_dir: str | None = None
     #: HOST:PORT of the S3 gateway (`--s3`); its keys come from the config's `[s3]` table.
@@ -94,6 +99,8 @@ def load_config(path: Path) -> DaemonConfig:
             problems.append(f"unknown key {key!r} (known: {', '.join(_KEYS)})")
         elif not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
             problems.append(f"{key} has the wrong type ({type(value).__name__})")
+        elif (key in _POSITIVE and value <= 0) or (key in _NOT_NEGATIVE and value < 0):
+            problems.append(f"{key} must be {'above' if key in _POSITIVE else 'at least'} 0")
     if problems:
         raise UsageError(f"config {path}: " + "; ".join(problems))
     known = {f.name for f in fields(DaemonConfig)}
@@ -238,9 +245,8 @@ async def _mount(
         unmount(mountpoint, lazy=True)
     Path(mountpoint).mkdir(parents=True, exist_ok=True)
     try:
-        await serve_mount(
-            lake, mountpoint, MountOptions(allow_other=cfg.allow_other), task_status=task_status
-        )
+        options = MountOptions(allow_other=cfg.allow_other, read_ahead_kb=cfg.read_ahead_kb or None)
+        await serve_mount(lake, mountpoint, options, task_status=task_status)
     finally:
         done.set()
     if not stopping.is_set():

@@ -136,6 +136,11 @@ def test_config_is_checked_and_flags_override(tmp_path: Path) -> None:
     path.write_text('mountpoint = "/pfs"\npoll_interval = "fast"\n')
     with pytest.raises(UsageError, match="unknown key 'mountpoint'.*poll_interval has the wrong"):
         load_config(path)
+    path.write_text("read_ahead_kb = 512\n")
+    assert load_config(path).read_ahead_kb == 512
+    path.write_text("read_ahead_kb = -1\npoll_interval = 0\n")
+    with pytest.raises(UsageError, match="read_ahead_kb must be at least 0.*poll_interval must"):
+        load_config(path)
 
 
 @pytest.mark.s3

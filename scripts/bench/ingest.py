@@ -254,7 +254,7 @@ def main() -> None:
                 env["COWFS_STORE"] = "s3://bench/lake"
                 rows += bench_store("SeaweedFS", env, big_copy, small, args.small, cp_big, cp_small)
         big_copy.unlink()
-    counts = [int(x) for x in args.many.split(",") if x]
+    counts = [n for n in (int(x) for x in args.many.split(",") if x) if n > 0]
     if counts:
         rows += bench_many(root, counts)
     print(
