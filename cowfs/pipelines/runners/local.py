@@ -76,106 +76,134 @@ class LocalRunner:
     name = "local"
 
     def run(self, ctx: RunContext, todo: list[tuple[str, Datum]]) -> Iterator[list[DatumResult]]:
-        spec = ctx.pipeline.spec
-        sandbox = sandbox_for(spec)
-        names = [i.name for i in spec.pfs_inputs()]
-        input_bytes = sum(ctx.entries[(f.input, f.path)].size for _, d in todo for f in d.files)
-        scratch = ctx.tmp_dir or scratch_dir(input_bytes)
-        tmp = Path(tempfile.mkdtemp(prefix=f"cowfs-job-{spec.name}-", dir=scratch))
-        reader = ChunkReader(ctx.lake.store)
-        queue_in: queue.Queue[tuple[str, Datum]] = queue.Queue()
-        for item in todo:
-            queue_in.put(item)
-        done: queue.Queue[_Done | None] = queue.Queue()
-        stop = threading.Event()
-        cancel = _Either(ctx.cancel)
-        nworkers = max(1, min(spec.parallelism, len(todo)))
-        node = socket.gethostname()
-
-        def work(i: int) -> None:
-            worker = Worker(tmp / f"w{i}", spec, sandbox, names, cancel)
-            try:
-                while not stop.is_set():
-                    try:
-                        h, d = queue_in.get_nowait()
-                    except queue.Empty:
-                        return
-                    attempt, tries = run_datum(
-                        worker, reader, ctx.entries, h, d, spec.datum_tries, spec.datum_timeout
-                    )
-                    if attempt.ok:
-                        holding = tmp / "outs" / h
-                        worker.take_output(holding)
-                        done.put(_Done(h, attempt, tries, holding))
-                    else:
-                        done.put(_Done(h, attempt, tries, None))
-                        stop.set()
-                        return
-            except Cancelled:
-                stop.set()
-            except BaseException as e:  # noqa: BLE001 - reported as the job's error
-                done.put(_Done("", Attempt(False, f"worker crashed: {e!r}", b"", 0.0), 0, None))
-                stop.set()
-            finally:
-                worker.close()
-                done.put(None)
-
-        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(nworkers)]
-        for t in threads:
-            t.start()
-        pending: list[_Done] = []
-        finished_workers = 0
-        last_flush = time.monotonic()
-
-        def flush() -> list[DatumResult]:
-            got = ingest(ctx.lake.store, [(p.hash, p.holding) for p in pending if p.holding])
-            ctx.lake.objects.sync()
-            out = [
-                DatumResult(
-                    p.hash, True, "", p.tries, p.attempt.seconds, p.attempt.log, got[p.hash], node
-                )  # fmt: skip
-                for p in pending
-            ]
-            for p in pending:
-                if p.holding is not None:
-                    shutil.rmtree(p.holding, ignore_errors=True)
-            pending.clear()
-            return out
-
+        job = _LocalJob(ctx, todo)
         try:
-            while finished_workers < nworkers:
-                try:
-                    item = done.get(timeout=0.5)
-                except queue.Empty:
-                    item = False
-                if item is None:
-                    finished_workers += 1
-                elif item:
-                    if not item.hash:
-                        raise CowfsError(item.attempt.error)
-                    if item.holding is None:
-                        a = item.attempt
-                        yield [DatumResult(item.hash, False, a.error, item.tries, a.seconds,
-                                           a.log, None, node)]  # fmt: skip
-                    else:
-                        pending.append(item)
-                if pending and (
-                    len(pending) >= ctx.flush_every
-                    or time.monotonic() - last_flush > ctx.flush_seconds
-                ):
-                    yield flush()
-                    last_flush = time.monotonic()
-            if pending:
-                yield flush()
+            yield from job.results()
         except BaseException:
-            cancel.own.set()  # Ctrl-C or a store error: kill this job's processes, do not wait
+            job.cancel.own.set()  # Ctrl-C or a store error: kill this job's processes, do not wait
             raise
         finally:
-            stop.set()
-            for t in threads:
-                t.join(timeout=30)
-            reader.close()
-            shutil.rmtree(tmp, ignore_errors=True)
+            job.close()
+
+
+class _LocalJob:
+    """One job's worker threads, the queues between them and the runner, and the outputs of
+    finished datums waiting to be stored as a group."""
+
+    def __init__(self, ctx: RunContext, todo: list[tuple[str, Datum]]) -> None:
+        self.ctx = ctx
+        spec = self.spec = ctx.pipeline.spec
+        self.sandbox = sandbox_for(spec)
+        self.names = [i.name for i in spec.pfs_inputs()]
+        input_bytes = sum(ctx.entries[(f.input, f.path)].size for _, d in todo for f in d.files)
+        scratch = ctx.tmp_dir or scratch_dir(input_bytes)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"cowfs-job-{spec.name}-", dir=scratch))
+        self.reader = ChunkReader(ctx.lake.store)
+        self.todo: queue.Queue[tuple[str, Datum]] = queue.Queue()
+        for item in todo:
+            self.todo.put(item)
+        self.done: queue.Queue[_Done | None] = queue.Queue()
+        self.stop = threading.Event()
+        self.cancel = _Either(ctx.cancel)
+        self.node = socket.gethostname()
+        self.pending: list[_Done] = []
+        n = max(1, min(spec.parallelism, len(todo)))
+        self.threads = [
+            threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(n)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _work(self, i: int) -> None:
+        """A worker thread: datums until none are left, one fails, or the job stops; then a
+        None on `done`, so the runner counts it finished."""
+        spec = self.spec
+        worker = Worker(self.tmp / f"w{i}", spec, self.sandbox, self.names, self.cancel)
+        try:
+            while not self.stop.is_set():
+                try:
+                    h, d = self.todo.get_nowait()
+                except queue.Empty:
+                    return
+                attempt, tries = run_datum(
+                    worker,
+                    self.reader,
+                    self.ctx.entries,
+                    h,
+                    d,
+                    spec.datum_tries,
+                    spec.datum_timeout,
+                )
+                if not attempt.ok:
+                    self.done.put(_Done(h, attempt, tries, None))
+                    self.stop.set()
+                    return
+                holding = self.tmp / "outs" / h
+                worker.take_output(holding)
+                self.done.put(_Done(h, attempt, tries, holding))
+        except Cancelled:
+            self.stop.set()
+        except BaseException as e:  # noqa: BLE001 - reported as the job's error
+            self.done.put(_Done("", Attempt(False, f"worker crashed: {e!r}", b"", 0.0), 0, None))
+            self.stop.set()
+        finally:
+            worker.close()
+            self.done.put(None)
+
+    def results(self) -> Iterator[list[DatumResult]]:
+        """Failures as they come, successes in stored groups (every `flush_every` datums or
+        `flush_seconds`), until every worker has finished."""
+        ctx = self.ctx
+        finished = 0
+        last_flush = time.monotonic()
+        while finished < len(self.threads):
+            try:
+                item = self.done.get(timeout=0.5)
+            except queue.Empty:
+                item = False
+            if item is None:
+                finished += 1
+            elif item:
+                if not item.hash:
+                    raise CowfsError(item.attempt.error)
+                if item.holding is None:
+                    a = item.attempt
+                    yield [DatumResult(item.hash, False, a.error, item.tries, a.seconds,
+                                       a.log, None, self.node)]  # fmt: skip
+                else:
+                    self.pending.append(item)
+            if self.pending and (
+                len(self.pending) >= ctx.flush_every
+                or time.monotonic() - last_flush > ctx.flush_seconds
+            ):
+                yield self._flush()
+                last_flush = time.monotonic()
+        if self.pending:
+            yield self._flush()
+
+    def _flush(self) -> list[DatumResult]:
+        """Store the waiting outputs as one group and sync, before any record names them."""
+        pending = self.pending
+        got = ingest(self.ctx.lake.store, [(p.hash, p.holding) for p in pending if p.holding])
+        self.ctx.lake.objects.sync()
+        out = [
+            DatumResult(
+                p.hash, True, "", p.tries, p.attempt.seconds, p.attempt.log, got[p.hash], self.node
+            )  # fmt: skip
+            for p in pending
+        ]
+        for p in pending:
+            if p.holding is not None:
+                shutil.rmtree(p.holding, ignore_errors=True)
+        self.pending = []
+        return out
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        self.reader.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def scratch_dir(input_bytes: int) -> str | None:
