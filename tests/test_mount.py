@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.mount import device_in_mountinfo, is_mounted, mount_device
+from daemon.mount import device_in_mountinfo, is_mounted, mount_device, set_read_ahead
 from tests.mountutil import MountedLake, wait_for
 
 pytestmark = pytest.mark.mount
@@ -167,6 +167,10 @@ def test_device_of_the_last_mount_at_a_path() -> None:
     assert device_in_mountinfo(info, "/pfs") == "0:52"
     assert device_in_mountinfo(info, "/with space") == "0:53"
     assert device_in_mountinfo(info, "/elsewhere") is None
+
+
+def test_read_ahead_of_nothing_mounted_is_refused(tmp_path: Path) -> None:
+    assert set_read_ahead(str(tmp_path), 1024) is False
 
 
 def test_branch_follows_head(ml: MountedLake) -> None:
