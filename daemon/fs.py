@@ -2,7 +2,8 @@
 
 Names, views, heads and write sessions are the namespace's (testable without /dev/fuse); this
 module keeps what only FUSE has: handles, attributes and cache timeouts, and the read path; the
-handlers that stage writes are `daemon.fs_write`'s, what every handler goes through
+handlers that stage writes are `daemon.fs_write`'s, extended attributes `daemon.fs_xattr`'s,
+what every handler goes through
 `daemon.handler`'s. Every handler runs on the trio loop; anything that may touch the
 object store (tree nodes, chunks, refs) runs in a worker thread so one slow fetch never stalls
 the mount (staging operations over a local store run on the loop: `namespace.run_staged`).
@@ -27,6 +28,7 @@ from cowfs.names import MAX_NAME_BYTES
 from cowfs.staging import ORPHAN, StagingError
 from daemon import attrs
 from daemon.fs_write import WriteHandlers
+from daemon.fs_xattr import XattrHandlers
 from daemon.handler import READAHEAD_MAX, Handle, direct_io, err, op
 from daemon.inodes import ROOT, Node
 from daemon.namespace import IDS, Namespace
@@ -45,7 +47,7 @@ def _invalidate_entry(parent_inode: int, name: bytes) -> None:
     pyfuse3.invalidate_entry_async(parent_inode, name, ignore_enoent=True)
 
 
-class CowFS(WriteHandlers, pyfuse3.Operations):
+class CowFS(WriteHandlers, XattrHandlers, pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
@@ -307,54 +309,6 @@ class CowFS(WriteHandlers, pyfuse3.Operations):
         h = self.handles.get(fh)
         if h is not None and h.view is not None and h.view.writable:
             await trio.to_thread.run_sync(h.view.staging.sync, h.node.path)
-
-    # --- extended attributes -------------------------------------------------------------------
-
-    _XATTRS = (
-        b"user.cowfs.commit",
-        b"user.cowfs.global_id",
-        b"user.cowfs.repo",
-        b"user.cowfs.branch",
-        b"user.cowfs.writable",
-    )
-
-    @op("getxattr")
-    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        node = self._node(inode)
-        if name not in self._XATTRS or node.kind != "view":
-            # `security.capability` lands here before writes and chowns: answered first.
-            raise err(pyfuse3.ENOATTR)
-        view: View = node.view
-        values = {
-            b"user.cowfs.commit": view.commit_id,
-            b"user.cowfs.global_id": view.global_id,
-            b"user.cowfs.repo": view.repo,
-            b"user.cowfs.branch": view.branch or "",
-            b"user.cowfs.writable": "1" if view.writable else "0",
-        }
-        return values[name].encode()
-
-    @op("listxattr")
-    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        """Never listed, only answered when asked by name: listed, they would be copied by
-        `cp -a`, `rsync -X` and `tar --xattrs` as if they were the file's own (stale commit ids
-        on local copies), and `rsync -X` into a view (its root included) would fail removing
-        them from the destination."""
-        self._node(inode)
-        return []
-
-    @op("setxattr")
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        self._refuse_xattr_change(inode)
-
-    @op("removexattr")
-    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        self._refuse_xattr_change(inode)
-
-    def _refuse_xattr_change(self, inode: int) -> None:
-        """Commits hold no extended attributes: read-only views say so first, as any fs would."""
-        self._writable(self._node(inode))
-        raise err(errno.ENOTSUP)
 
     @op("statfs")
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
