@@ -1,14 +1,13 @@
 """The FUSE shim: kernel requests in, attributes and errnos out, over `daemon.namespace`.
 
 Names, views, heads and write sessions are the namespace's (testable without /dev/fuse); this
-module keeps what only FUSE has: handles, attributes and cache timeouts, and the read path; the
-handlers that stage writes are `daemon.fs_write`'s, extended attributes `daemon.fs_xattr`'s,
-what every handler goes through
-`daemon.handler`'s. Every handler runs on the trio loop; anything that may touch the
-object store (tree nodes, chunks, refs) runs in a worker thread so one slow fetch never stalls
-the mount (staging operations over a local store run on the loop: `namespace.run_staged`).
-Every error is answered with an errno: `CowfsError`s carry theirs, anything else is logged and
-becomes EIO.
+module keeps what only FUSE has: handles, attributes and cache timeouts, and the read path. The
+handlers that stage writes are `daemon.fs_write`'s, extended attributes `daemon.fs_xattr`'s, and
+what every handler goes through `daemon.handler`'s. Every handler runs on the trio loop;
+anything that may touch the object store (tree nodes, chunks, refs) runs in a worker thread so
+one slow fetch never stalls the mount (staging operations over a local store run on the loop:
+`namespace.run_staged`). Every error is answered with an errno: `CowfsError`s carry theirs,
+anything else is logged and becomes EIO.
 """
 
 from __future__ import annotations
