@@ -1,11 +1,8 @@
-"""The POSIX operations on a staging area, each applied whole or not at all.
-
-Every operation runs as one batch (`_change`, `cowfs.staging_batch`): the records it stages go
-to the durable store as one journal record at its end, and if anything fails first (a name over the lake's limits found
-half-way through a rename, the store refusing the transaction) the in-memory index is put back
-as it was and nothing reaches the disk. Effects that cannot be undone (removing an overlay file,
-shrinking one) run only once the transaction has committed. Overlay bytes are `pwrite`n before
-it: a failed write leaves bytes no record points at, which nothing reads.
+"""The POSIX operations on a staging area, each applied whole or not at all: each runs as one
+batch (`_change`, `cowfs.staging_batch`), so a failure half-way (a name over the lake's limits
+found in the middle of a rename, the store refusing the transaction) leaves nothing staged.
+Overlay bytes are `pwrite`n before the batch commits: a failed write leaves bytes no record
+points at, which nothing reads.
 
 Creating, removing or renaming an entry sets its directory's mtime (ctime follows, as the mount
 shows ctime = mtime); for a directory of the base this stages a record of it, so the commit

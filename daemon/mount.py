@@ -29,11 +29,11 @@ class MountOptions:
     max_tasks: int = 64
     min_tasks: int = 8
     debug: bool = False
-    #: The mount's own read-ahead, its bdi's `read_ahead_kb` (None: the kernel's, 128). At 1024 a
+    #: The mount's own read-ahead, its bdi's `read_ahead_kb` (0: the kernel's, 128). At 1024 a
     #: sequential reader sends one READ per MiB instead of four, each a Python request saved;
-    #: see docs/mount.md.
-    #: Setting it needs root; without, the mount keeps the kernel's and says so in its log.
-    read_ahead_kb: int | None = 1024
+    #: see docs/mount.md. Setting it needs root; without, the mount keeps the kernel's and says
+    #: so in its log.
+    read_ahead_kb: int = 1024
 
 
 def is_mounted(mountpoint: str) -> bool:
@@ -41,11 +41,13 @@ def is_mounted(mountpoint: str) -> bool:
     return mount_device(mountpoint) is not None
 
 
-def mount_device(mountpoint: str) -> str | None:
+def mount_device(mountpoint: str, resolved: bool = False) -> str | None:
     """The `major:minor` of what is mounted at `mountpoint` (the last mount there), from /proc:
-    a stat of a FUSE mount would wait for its own loop, or hang on a dead one."""
+    a stat of a FUSE mount would wait for its own loop, or hang on a dead one. A `resolved`
+    path is taken as it is (resolving it stats it)."""
+    target = mountpoint if resolved else os.path.realpath(mountpoint)
     with open("/proc/self/mountinfo") as f:
-        return device_in_mountinfo(f.read(), os.path.realpath(mountpoint))
+        return device_in_mountinfo(f.read(), target)
 
 
 def device_in_mountinfo(mountinfo: str, target: str) -> str | None:
@@ -61,8 +63,7 @@ def set_read_ahead(mountpoint: str, kb: int) -> bool:
     """Set the read-ahead of the mount at `mountpoint`, a resolved path (resolving it would stat
     the mount, whose own loop may be the caller's); False where this process may not (not
     root, no sysfs)."""
-    with open("/proc/self/mountinfo") as f:
-        dev = device_in_mountinfo(f.read(), mountpoint)
+    dev = mount_device(mountpoint, resolved=True)
     if dev is None:
         return False
     try:
@@ -112,7 +113,7 @@ async def serve_mount(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fs.poll_heads)
-            if options.read_ahead_kb is not None:
+            if options.read_ahead_kb:
                 nursery.start_soon(_tune_read_ahead, fs, mountpoint, options.read_ahead_kb)
             await nursery.start(serve_control, fs.control, lake.url, mountpoint)
             task_status.started()

@@ -245,7 +245,7 @@ async def _mount(
         unmount(mountpoint, lazy=True)
     Path(mountpoint).mkdir(parents=True, exist_ok=True)
     try:
-        options = MountOptions(allow_other=cfg.allow_other, read_ahead_kb=cfg.read_ahead_kb or None)
+        options = MountOptions(allow_other=cfg.allow_other, read_ahead_kb=cfg.read_ahead_kb)
         await serve_mount(lake, mountpoint, options, task_status=task_status)
     finally:
         done.set()

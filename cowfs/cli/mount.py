@@ -92,9 +92,7 @@ def mount(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    options = MountOptions(
-        allow_other=allow_other, debug=debug, read_ahead_kb=read_ahead_kb or None
-    )
+    options = MountOptions(allow_other=allow_other, debug=debug, read_ahead_kb=read_ahead_kb)
     run_mount(
         lake,
         str(mountpoint),
